@@ -1,0 +1,1 @@
+//! Export archives (`export-path` output, `import-paths` input). (Being written.)

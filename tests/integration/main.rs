@@ -1,0 +1,4 @@
+//! The one integration test binary of guixd. Each module is a group of
+//! scenarios; scenarios that involve a daemon run on both runtimes.
+
+mod golden;
