@@ -75,7 +75,10 @@ mod tests {
     fn known_vectors() {
         let twenty: Vec<u8> = (0..20).collect();
         assert_eq!(encode(&twenty), "2c91240g1q6hq2qa1440f1h50h1h4080");
-        assert_eq!(decode(b"2c91240g1q6hq2qa1440f1h50h1h4080", 20), Some(twenty));
+        assert_eq!(
+            decode(b"2c91240g1q6hq2qa1440f1h50h1h4080", 20),
+            Some(twenty)
+        );
         assert_eq!(encode(&[]), "");
         assert_eq!(encoded_len(32), 52);
         assert_eq!(encoded_len(20), 32);

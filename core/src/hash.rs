@@ -174,8 +174,8 @@ impl Hash {
                 expected,
             });
         }
-        let bytes = hex::decode(text.as_bytes())
-            .ok_or_else(|| HashParseError::BadHex(text.to_owned()))?;
+        let bytes =
+            hex::decode(text.as_bytes()).ok_or_else(|| HashParseError::BadHex(text.to_owned()))?;
         Ok(Hash::from_bytes(algo, &bytes).expect("length checked above"))
     }
 
@@ -326,7 +326,11 @@ mod tests {
     #[test]
     fn incremental_equals_one_shot() {
         fn prop(data: Vec<u8>, split: usize) -> bool {
-            let split = if data.is_empty() { 0 } else { split % data.len() };
+            let split = if data.is_empty() {
+                0
+            } else {
+                split % data.len()
+            };
             HashAlgo::ALL.into_iter().all(|algo| {
                 let mut h = Hasher::new(algo);
                 h.update(&data[..split]);
@@ -345,8 +349,14 @@ mod tests {
             "invalid SHA512 hash '010203' (3 bytes but expected 64)"
         );
         let h = Hash::sha256(b"x");
-        assert_eq!(Hash::parse_hex_or_base32(HashAlgo::Sha256, &h.to_hex()), Ok(h));
-        assert_eq!(Hash::parse_hex_or_base32(HashAlgo::Sha256, &h.to_base32()), Ok(h));
+        assert_eq!(
+            Hash::parse_hex_or_base32(HashAlgo::Sha256, &h.to_hex()),
+            Ok(h)
+        );
+        assert_eq!(
+            Hash::parse_hex_or_base32(HashAlgo::Sha256, &h.to_base32()),
+            Ok(h)
+        );
         assert!(Hash::parse_hex_or_base32(HashAlgo::Sha256, "abc").is_err());
     }
 }

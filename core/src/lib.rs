@@ -10,8 +10,13 @@
 //! the same result.
 
 pub mod base32;
+pub mod config;
+pub mod daemon;
+pub mod effect;
 pub mod hash;
 pub mod hex;
+pub mod locks;
+pub mod settings;
 pub mod store_path;
 
 pub use hash::{Hash, HashAlgo, Hasher};

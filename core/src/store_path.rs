@@ -102,7 +102,11 @@ impl StoreDir {
 
     /// The store path for `name` with base name `hash_part-name`, from the
     /// already-computed 20-byte fingerprint.
-    fn path_from_fingerprint(&self, fingerprint: &str, name: &str) -> Result<StorePath, StorePathError> {
+    fn path_from_fingerprint(
+        &self,
+        fingerprint: &str,
+        name: &str,
+    ) -> Result<StorePath, StorePathError> {
         check_name(name)?;
         let digest = Hash::sha256(fingerprint.as_bytes()).compress::<20>();
         let full = format!("{}/{}-{}", self.dir, base32::encode(&digest), name);
@@ -114,7 +118,12 @@ impl StoreDir {
 
     /// `makeStorePath`: the path of kind `kind` (`text:…`, `source`,
     /// `output:ID`) for a SHA-256 `hash` and `name`.
-    pub fn make_store_path(&self, kind: &str, hash: &Hash, name: &str) -> Result<StorePath, StorePathError> {
+    pub fn make_store_path(
+        &self,
+        kind: &str,
+        hash: &Hash,
+        name: &str,
+    ) -> Result<StorePath, StorePathError> {
         debug_assert_eq!(hash.algo(), HashAlgo::Sha256);
         let fingerprint = format!("{kind}:sha256:{}:{}:{name}", hash.to_hex(), self.dir);
         self.path_from_fingerprint(&fingerprint, name)
@@ -140,7 +149,12 @@ impl StoreDir {
     }
 
     /// The path of output `id` of a derivation whose modulo hash is `drv_hash`.
-    pub fn make_output_path(&self, id: &str, drv_hash: &Hash, drv_name: &str) -> Result<StorePath, StorePathError> {
+    pub fn make_output_path(
+        &self,
+        id: &str,
+        drv_hash: &Hash,
+        drv_name: &str,
+    ) -> Result<StorePath, StorePathError> {
         let name = if id == "out" {
             drv_name.to_owned()
         } else {
@@ -152,7 +166,12 @@ impl StoreDir {
     /// `makeFixedOutputPath`: add-to-store items and fixed-output derivation
     /// outputs. Recursive SHA-256 is a "source" path; everything else goes
     /// through the `fixed:out:` indirection.
-    pub fn make_fixed_output_path(&self, recursive: bool, hash: &Hash, name: &str) -> Result<StorePath, StorePathError> {
+    pub fn make_fixed_output_path(
+        &self,
+        recursive: bool,
+        hash: &Hash,
+        name: &str,
+    ) -> Result<StorePath, StorePathError> {
         if recursive && hash.algo() == HashAlgo::Sha256 {
             return self.make_store_path("source", hash, name);
         }
@@ -291,12 +310,18 @@ mod tests {
     fn flat_fixed_output_paths_match_the_daemon() {
         let h = Hash::sha256(b"hi\n");
         assert_eq!(
-            gnu().make_fixed_output_path(false, &h, "f.txt").unwrap().as_str(),
+            gnu()
+                .make_fixed_output_path(false, &h, "f.txt")
+                .unwrap()
+                .as_str(),
             "/gnu/store/xx35w9qkn9jl6vj12crhnagzzbxak70z-f.txt"
         );
         let probe = StoreDir::new("/tmp/probe-a/store").unwrap();
         assert_eq!(
-            probe.make_fixed_output_path(false, &h, "f.txt").unwrap().base_name(),
+            probe
+                .make_fixed_output_path(false, &h, "f.txt")
+                .unwrap()
+                .base_name(),
             "i90d6jbnl563w8km17n2iymzfwxk1wdm-f.txt"
         );
     }

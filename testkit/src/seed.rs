@@ -16,7 +16,10 @@ pub const DEFAULT_SIZE: usize = 100;
 
 /// The seed for this run: `GUIXD_SEED` when set, otherwise fresh entropy.
 pub fn seed() -> u64 {
-    if let Some(s) = std::env::var("GUIXD_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(s) = std::env::var("GUIXD_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         return s;
     }
     use std::hash::{BuildHasher, Hasher};
@@ -33,7 +36,10 @@ pub fn seed() -> u64 {
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Checks `prop` on [`DEFAULT_TESTS`] generated cases.

@@ -1,0 +1,314 @@
+//! The closed vocabulary of side effects the core may ask for, and their
+//! results.
+//!
+//! The core never performs I/O: it emits an [`Effect`] (plain data), some
+//! runtime runs it on a worker thread through `guixd-os`, and the result
+//! comes back as an [`EffectResult`] value. Because results are values, a
+//! test can inject any failure at any point. Keeps true:
+//! - every variant is self-contained (owned data, no references into the
+//!   core), so it can cross threads;
+//! - effects that belong to one stream (an upload, a dump) carry the id the
+//!   core chose, and the core never has two effects of one stream in flight
+//!   at once, so the os side sees them in order;
+//! - database writes are only ever asked for one at a time (the core's
+//!   writer queue), so the daemon never contends with itself in SQLite.
+
+use crate::hash::{Hash, HashAlgo};
+use crate::store_path::StorePath;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Identifies one effect in flight; chosen by the core, unique for the
+/// daemon's lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EffectId(pub u64);
+
+/// Identifies an upload: a store item being written from a NAR stream into
+/// a temporary location in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UploadId(pub u64);
+
+/// Identifies a dump: a store item being serialised as a NAR, chunk by chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DumpId(pub u64);
+
+/// What the database records for a valid path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidPathInfo {
+    pub path: StorePath,
+    /// `None` is stored as SQL NULL, never as "".
+    pub deriver: Option<StorePath>,
+    /// SHA-256 of the path's NAR serialisation.
+    pub nar_hash: Hash,
+    pub references: BTreeSet<StorePath>,
+    /// Seconds since the Unix epoch.
+    pub registration_time: u64,
+    /// 0 means unknown (stored as NULL).
+    pub nar_size: u64,
+}
+
+/// One item to register, as part of a registration group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub info: ValidPathInfo,
+    /// For `.drv` items: the outputs the core parsed and checked, recorded
+    /// in `DerivationOutputs` (`id`, output path).
+    pub derivation_outputs: Vec<(String, StorePath)>,
+}
+
+/// Items that must become valid together or not at all (one client
+/// request's worth). A [`Effect::Register`] batch carries several groups
+/// and commits them in one transaction; a failing group is rolled back on
+/// its own (savepoint) without failing the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrationGroup {
+    pub items: Vec<Registration>,
+}
+
+/// What a finished upload or text write measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Measured {
+    /// SHA-256 of the NAR serialisation of what was written.
+    pub nar_hash: Hash,
+    pub nar_size: u64,
+    /// For uploads: the hash the client asked for (`algo` of the NAR when
+    /// recursive, of the file contents when flat).
+    pub content_hash: Hash,
+}
+
+/// How an upload's NAR is to be taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadKind {
+    /// The NAR is restored as a tree; `content_hash` is `algo` over the NAR.
+    Recursive,
+    /// The NAR must hold one regular file; its bytes are the item, and
+    /// `content_hash` is `algo` over them.
+    Flat,
+}
+
+/// An item of a substituter's `info` reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubstitutablePathInfo {
+    pub deriver: Option<StorePath>,
+    pub references: BTreeSet<StorePath>,
+    pub download_size: u64,
+    pub nar_size: u64,
+}
+
+/// A request for a side effect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    // ---- database reads (any number in flight; never block the writer)
+    /// The info of `path`, or `None` when it is not valid.
+    QueryPathInfo {
+        path: StorePath,
+    },
+    /// The subset of `paths` that is valid.
+    QueryValidPaths {
+        paths: Vec<StorePath>,
+    },
+    /// Paths that refer to `path` (empty when it is not valid).
+    QueryReferrers {
+        path: StorePath,
+    },
+    /// Valid derivations that list `path` among their outputs.
+    QueryValidDerivers {
+        path: StorePath,
+    },
+    /// The outputs (`id` → path) of the valid derivation `drv`; `None`
+    /// when `drv` is not valid.
+    QueryDerivationOutputs {
+        drv: StorePath,
+    },
+    QueryAllValidPaths,
+    /// The valid path whose base name starts with `hash_part` and a dash.
+    QueryPathFromHashPart {
+        hash_part: String,
+    },
+    QueryFailedPaths,
+
+    // ---- database writes (one in flight at a time, decided by the core)
+    /// Registers every group in one transaction, each group all or
+    /// nothing.
+    Register {
+        groups: Vec<RegistrationGroup>,
+    },
+    /// Removes entries from `FailedPaths` (`"*"` clears all; a `.drv`
+    /// clears its outputs).
+    ClearFailedPaths {
+        paths: Vec<String>,
+    },
+
+    // ---- store files
+    /// Creates the temporary location of a new upload.
+    UploadStart {
+        upload: UploadId,
+        kind: UploadKind,
+        algo: HashAlgo,
+    },
+    /// Appends the next bytes of the upload's NAR stream (exactly the bytes
+    /// the core's parser consumed, in order).
+    UploadChunk {
+        upload: UploadId,
+        data: Vec<u8>,
+    },
+    /// The NAR is complete: flushes, canonicalises and measures it.
+    UploadFinish {
+        upload: UploadId,
+    },
+    /// Forgets an upload and deletes whatever it wrote.
+    UploadDiscard {
+        upload: UploadId,
+    },
+    /// Moves a finished upload to `dest`, first deleting any invalid
+    /// leftover at `dest`.
+    UploadInstall {
+        upload: UploadId,
+        dest: StorePath,
+    },
+    /// Writes `contents` as the regular file `dest` (0444, mtime 1),
+    /// replacing any invalid leftover, atomically.
+    WriteText {
+        dest: StorePath,
+        contents: Vec<u8>,
+    },
+    /// Hard-links the files of `path` into `.links` (deduplication).
+    Deduplicate {
+        path: StorePath,
+    },
+    /// Reads a whole regular file of the store (e.g. a `.drv`), refusing
+    /// files larger than `max_bytes`.
+    ReadStoreFile {
+        path: StorePath,
+        max_bytes: u64,
+    },
+
+    // ---- dumps (export)
+    /// Starts serialising `path` as a NAR.
+    DumpStart {
+        dump: DumpId,
+        path: StorePath,
+    },
+    /// The next bytes of the dump, at most `max_bytes`.
+    DumpNext {
+        dump: DumpId,
+        max_bytes: usize,
+    },
+    /// Forgets a dump.
+    DumpEnd {
+        dump: DumpId,
+    },
+
+    // ---- exclusion from other processes
+    /// Takes the OS lock on `<path>.lock` without waiting.
+    TryLockPath {
+        path: StorePath,
+    },
+    /// Drops the OS lock on `<path>.lock`; when `delete` (the path became
+    /// valid), removes the lock file first, as the daemon's protocol says.
+    UnlockPath {
+        path: StorePath,
+        delete: bool,
+    },
+
+    // ---- roots
+    /// Records `path` in this daemon's temporary-roots file, for other
+    /// processes' garbage collectors.
+    AddTempRoot {
+        path: StorePath,
+    },
+    /// Creates `gcroots/auto/<hash>` pointing to `link`.
+    AddIndirectRoot {
+        link: String,
+    },
+
+    // ---- helpers run as processes
+    /// Signs `hash` with the daemon's key through `guix authenticate`.
+    Sign {
+        hash: Hash,
+    },
+    /// Verifies a signature through `guix authenticate`; yields the hex hash
+    /// it covers.
+    Verify {
+        signature: Vec<u8>,
+    },
+    /// Asks `guix substitute --query` which of `paths` it can substitute.
+    SubstitutesHave {
+        paths: Vec<StorePath>,
+        options: Vec<(String, String)>,
+    },
+    /// Asks `guix substitute --query` for the infos of `paths`.
+    SubstitutesInfo {
+        paths: Vec<StorePath>,
+        options: Vec<(String, String)>,
+    },
+
+    // ---- per-user state
+    /// Creates `profiles/per-user/<user>` owned by `uid`.
+    CreateUserProfileDir {
+        user: String,
+        uid: u32,
+    },
+}
+
+/// Why an effect failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EffectError {
+    pub kind: EffectErrorKind,
+    /// Human-readable, in the daemon's words where it has some; this is
+    /// what the client sees.
+    pub message: String,
+}
+
+/// Who or what is at fault when an effect fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EffectErrorKind {
+    /// An operating-system error (errno).
+    Io(i32),
+    /// The database refused (constraint, corrupt, busy beyond retries).
+    Database,
+    /// The input was refused (a bad NAR inside an upload, a bad signature).
+    Invalid,
+    /// A helper program failed or is missing.
+    Helper,
+    /// The item is not there (a store file to read or dump).
+    NotFound,
+}
+
+impl EffectError {
+    pub fn new(kind: EffectErrorKind, message: impl Into<String>) -> EffectError {
+        EffectError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The value of a completed effect. Each [`Effect`] has one success shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EffectOutput {
+    /// For effects with nothing to return.
+    Done,
+    PathInfo(Option<ValidPathInfo>),
+    Paths(BTreeSet<StorePath>),
+    Strings(BTreeSet<String>),
+    DerivationOutputs(Option<BTreeMap<String, StorePath>>),
+    Path(Option<StorePath>),
+    /// One result per registration group, in the order given.
+    Registered(Vec<Result<(), EffectError>>),
+    Measured(Measured),
+    Bytes(Vec<u8>),
+    /// A dump chunk; `end` is set with the chunk that finishes the NAR.
+    DumpChunk {
+        data: Vec<u8>,
+        end: Option<(Hash, u64)>,
+    },
+    /// `TryLockPath`: whether the lock was taken.
+    Locked(bool),
+    Signature(Vec<u8>),
+    /// `Verify`: the hex hash the signature covers.
+    VerifiedHash(String),
+    SubstitutableInfos(BTreeMap<StorePath, SubstitutablePathInfo>),
+}
+
+/// What comes back for an effect.
+pub type EffectResult = Result<EffectOutput, EffectError>;

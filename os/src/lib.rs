@@ -1,0 +1,117 @@
+//! guixd-os: the real machine. One dispatcher, [`Os::run`], carries out any
+//! [`Effect`] the core asks for, against the real filesystem, SQLite
+//! database, lock files and helper programs, and returns its result as a
+//! value.
+//!
+//! Keeps true:
+//! - `Os` is `Send + Sync`: runtimes call `run` from any worker thread, many
+//!   at once; all shared state inside is behind its own lock;
+//! - nothing here decides *what* or *when* — that is the core's job; this
+//!   crate decides only *how* (which system calls, in which order, so that a
+//!   crash at any point leaves no partially valid item);
+//! - every failure comes back as an [`EffectError`] with the daemon's words
+//!   where it has some, never as a panic.
+
+pub mod agents;
+pub mod db;
+pub mod files;
+pub mod locks;
+pub mod net;
+pub mod roots;
+pub mod setup;
+
+use guixd_core::config::Dirs;
+use guixd_core::effect::{Effect, EffectResult};
+use guixd_core::settings::Typed;
+
+/// How the os layer was asked to behave, fixed at start-up.
+#[derive(Clone, Debug)]
+pub struct OsConfig {
+    pub dirs: Dirs,
+    /// The typed daemon settings at start-up (fsync, WAL, deduplication...).
+    pub settings: Typed,
+    /// The daemon's effective uid and gid: new store files get this owner.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The machine, opened: database connections, upload and dump tables,
+/// lock files, helper processes.
+pub struct Os {
+    config: OsConfig,
+    db: db::Db,
+    files: files::Files,
+    locks: locks::Locks,
+    roots: roots::Roots,
+    agents: agents::Agents,
+}
+
+impl Os {
+    /// Prepares the store as the daemon does at start-up (directories,
+    /// database and schema, the big lock) and opens everything `run` needs.
+    pub fn open(config: OsConfig) -> Result<Os, setup::SetupError> {
+        setup::prepare_store(&config)?;
+        let db = db::Db::open(&config)?;
+        Ok(Os {
+            files: files::Files::new(&config),
+            locks: locks::Locks::new(&config),
+            roots: roots::Roots::new(&config),
+            agents: agents::Agents::new(&config),
+            db,
+            config,
+        })
+    }
+
+    /// The configuration this was opened with.
+    pub fn config(&self) -> &OsConfig {
+        &self.config
+    }
+
+    /// Carries out one effect. Blocking; call it from a worker thread.
+    pub fn run(&self, effect: Effect) -> EffectResult {
+        match effect {
+            Effect::QueryPathInfo { path } => self.db.query_path_info(&path),
+            Effect::QueryValidPaths { paths } => self.db.query_valid_paths(&paths),
+            Effect::QueryReferrers { path } => self.db.query_referrers(&path),
+            Effect::QueryValidDerivers { path } => self.db.query_valid_derivers(&path),
+            Effect::QueryDerivationOutputs { drv } => self.db.query_derivation_outputs(&drv),
+            Effect::QueryAllValidPaths => self.db.query_all_valid_paths(),
+            Effect::QueryPathFromHashPart { hash_part } => {
+                self.db.query_path_from_hash_part(&hash_part)
+            }
+            Effect::QueryFailedPaths => self.db.query_failed_paths(),
+            Effect::Register { groups } => self.db.register(groups),
+            Effect::ClearFailedPaths { paths } => self.db.clear_failed_paths(&paths),
+            Effect::UploadStart { upload, kind, algo } => {
+                self.files.upload_start(upload, kind, algo)
+            }
+            Effect::UploadChunk { upload, data } => self.files.upload_chunk(upload, &data),
+            Effect::UploadFinish { upload } => self.files.upload_finish(upload),
+            Effect::UploadDiscard { upload } => self.files.upload_discard(upload),
+            Effect::UploadInstall { upload, dest } => self.files.upload_install(upload, &dest),
+            Effect::WriteText { dest, contents } => self.files.write_text(&dest, &contents),
+            Effect::Deduplicate { path } => self.files.deduplicate(&path),
+            Effect::ReadStoreFile { path, max_bytes } => {
+                self.files.read_store_file(&path, max_bytes)
+            }
+            Effect::DumpStart { dump, path } => self.files.dump_start(dump, &path),
+            Effect::DumpNext { dump, max_bytes } => self.files.dump_next(dump, max_bytes),
+            Effect::DumpEnd { dump } => self.files.dump_end(dump),
+            Effect::TryLockPath { path } => self.locks.try_lock_path(&path),
+            Effect::UnlockPath { path, delete } => self.locks.unlock_path(&path, delete),
+            Effect::AddTempRoot { path } => self.roots.add_temp_root(&path),
+            Effect::AddIndirectRoot { link } => self.roots.add_indirect_root(&link),
+            Effect::Sign { hash } => self.agents.sign(&hash),
+            Effect::Verify { signature } => self.agents.verify(&signature),
+            Effect::SubstitutesHave { paths, options } => {
+                self.agents.substitutes_have(&paths, &options)
+            }
+            Effect::SubstitutesInfo { paths, options } => {
+                self.agents.substitutes_info(&paths, &options)
+            }
+            Effect::CreateUserProfileDir { user, uid } => {
+                roots::create_user_profile_dir(&self.config, &user, uid)
+            }
+        }
+    }
+}
