@@ -27,7 +27,7 @@ pub enum StorePathError {
     NotInStore(String),
     #[error("invalid name: `{0}' (can't begin with dot)")]
     NameBeginsWithDot(String),
-    #[error("invalid character `{}' in name `{}'", char::from(*.0), .1)]
+    #[error("invalid character `{}' in name `{}'", shown_byte(*.0), .1)]
     InvalidNameChar(u8, String),
     #[error("store directory `{0}' must be an absolute path")]
     RelativeStoreDir(String),
@@ -188,6 +188,16 @@ pub fn fixed_output_fingerprint(recursive: bool, hash: &Hash) -> String {
         hash.algo().name(),
         hash.to_hex()
     )
+}
+
+/// How the daemon's message shows one byte of a name: the C++ daemon sends
+/// the raw byte, which every client decodes as U+FFFD unless it is ASCII.
+fn shown_byte(b: u8) -> char {
+    if b.is_ascii() {
+        char::from(b)
+    } else {
+        char::REPLACEMENT_CHARACTER
+    }
 }
 
 /// `checkStoreName`: a name must not begin with `.` and may only hold

@@ -130,6 +130,8 @@ pub fn prepare_store(config: &OsConfig) -> Result<(), SetupError> {
         check_store_not_symlink(store)?;
     }
 
+    remove_leftovers(store);
+
     reserve_space(
         &dirs.db.join(RESERVED_FILE),
         config.settings.reserved_size_bytes,
@@ -142,6 +144,43 @@ pub fn prepare_store(config: &OsConfig) -> Result<(), SetupError> {
         v if v > SCHEMA_VERSION => Err(SetupError::SchemaTooNew(v)),
         v if v < SCHEMA_VERSION => Err(SetupError::SchemaTooOld(v)),
         _ => Ok(()),
+    }
+}
+
+/// Prefixes of the store entries guixd writes before moving them into
+/// place; each is followed by `<pid>-<n>`.
+const TRANSIENT_PREFIXES: [&str; 3] = [".guixd-upload-", ".guixd-text-", ".tmp-link-"];
+
+/// Deletes transient entries of the store left behind by a daemon process
+/// that no longer runs (killed in the middle of an upload, say). They were
+/// never valid, so nothing is lost; entries of a live process are kept.
+/// Failures are reported and skipped: a leftover costs only disk space.
+pub fn remove_leftovers(store: &Path) {
+    let Ok(entries) = fs::read_dir(store) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let Some(pid) = TRANSIENT_PREFIXES.iter().find_map(|p| {
+            name.strip_prefix(p)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+        }) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Err(e) = crate::files::delete_path(&entry.path()) {
+            eprintln!(
+                "warning: cannot remove leftover `{}': {}",
+                entry.path().display(),
+                e.message
+            );
+        }
     }
 }
 
@@ -511,6 +550,30 @@ fn parse_schema_version(text: &[u8]) -> Option<i64> {
     let magnitude: i64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
     let value = if negative { -magnitude } else { magnitude };
     i32::try_from(value).ok().map(i64::from)
+}
+
+#[cfg(test)]
+mod leftover_tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_dead_processes_go_and_live_ones_stay() {
+        let dir = std::env::temp_dir().join(format!("guixd-os-leftovers-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // Pid 4194304 is above the kernel's maximum, so it never runs.
+        let dead = dir.join(".guixd-upload-4194304-7");
+        fs::create_dir_all(dead.join("item/sub")).unwrap();
+        let live = dir.join(format!(".guixd-text-{}-1", std::process::id()));
+        fs::write(&live, b"x").unwrap();
+        let item = dir.join("00000000000000000000000000000000-item");
+        fs::write(&item, b"y").unwrap();
+        remove_leftovers(&dir);
+        assert!(!dead.exists());
+        assert!(live.exists());
+        assert!(item.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 #[cfg(test)]

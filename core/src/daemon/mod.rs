@@ -90,6 +90,8 @@ pub struct Daemon {
     now: Now,
     conns: Vec<Slot>,
     free_slots: Vec<u32>,
+    /// Occupied slots of `conns`.
+    live_conns: usize,
     outputs: VecDeque<Output>,
     /// Who waits for each effect in flight.
     effect_owners: BTreeMap<EffectId, Owner>,
@@ -167,6 +169,7 @@ impl Daemon {
             now,
             conns: Vec::new(),
             free_slots: Vec::new(),
+            live_conns: 0,
             outputs: VecDeque::new(),
             effect_owners: BTreeMap::new(),
             effects_waiting: VecDeque::new(),
@@ -186,13 +189,17 @@ impl Daemon {
     /// it (connection ceiling reached, or shutting down): close it at once.
     pub fn handle_accept(&mut self, now: Now, peer: Peer) -> Option<ConnId> {
         self.advance(now);
-        let live = self.conns.iter().filter(|s| s.conn.is_some()).count();
-        if self.shutting_down || live >= self.config.limits.connections_max {
+        if self.shutting_down {
+            return None;
+        }
+        if self.live_conns >= self.config.limits.connections_max {
+            let live = self.live_conns;
             self.log(format!(
                 "refusing connection: {live} connections already served"
             ));
             return None;
         }
+        self.live_conns += 1;
         let index = match self.free_slots.pop() {
             Some(i) => i,
             None => {
@@ -624,6 +631,7 @@ impl Daemon {
         let slot = &mut self.conns[id.index as usize];
         slot.conn = None;
         self.free_slots.push(id.index);
+        self.live_conns -= 1;
         self.dirty.remove(&id);
     }
 }

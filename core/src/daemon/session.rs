@@ -181,11 +181,14 @@ impl Session {
                 .ctx
                 .read_with(|input| {
                     let step = decoder.feed(input);
-                    // The daemon refuses GC from TCP before reading its fields.
-                    if remote && decoder.pending_op() == Some(Op::CollectGarbage) {
-                        return Ok((0, Some(Decoded::RemoteGc)));
-                    }
+                    // The daemon refuses GC from TCP before reading its
+                    // fields: whether they arrived yet must not matter.
+                    let remote_gc = |op| remote && op == Some(Op::CollectGarbage);
                     match step {
+                        Ok(f) if remote_gc(f.item.as_ref().map(Request::op)) => {
+                            Ok((f.consumed, Some(Decoded::RemoteGc)))
+                        }
+                        _ if remote_gc(decoder.pending_op()) => Ok((0, Some(Decoded::RemoteGc))),
                         Ok(f) => Ok((f.consumed, f.item.map(Decoded::Request))),
                         Err(e) => Err((e, decoder.pending_op())),
                     }
@@ -1095,7 +1098,10 @@ impl Session {
         // The signature covers every byte from the NAR through the deriver.
         let mut signed = sign.then(|| Hasher::new(HashAlgo::Sha256));
         loop {
-            self.ctx.output_room().await;
+            if self.ctx.output_room().await.is_err() {
+                // Nobody reads the rest; the session ends after this op.
+                return Err(OpError::new("unexpected end-of-file"));
+            }
             let (data, end) = match self
                 .ctx
                 .effect(Effect::DumpNext {
@@ -1127,7 +1133,6 @@ impl Session {
         let references: Vec<String> = strings(&info.references);
         let deriver = info.deriver.as_ref().map_or("", |d| d.as_str());
         let mut trailer = Vec::new();
-        wire::write_int(&mut trailer, wire::EXPORT_MAGIC);
         export::encode_export_meta(path.as_str(), &references, deriver, &mut trailer);
         let signature = match signed {
             Some(mut h) => {

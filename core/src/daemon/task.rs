@@ -288,12 +288,15 @@ impl Ctx {
     }
 
     /// Waits until the client's pending output is below the bound, so a
-    /// producer (export, build logs) cannot outrun a slow client.
-    pub(crate) async fn output_room(&self) {
+    /// producer (export, build logs) cannot outrun a slow client. Fails
+    /// once the connection is gone: what is produced would go nowhere.
+    pub(crate) async fn output_room(&self) -> Result<(), Disconnected> {
         std::future::poll_fn(|_| {
             let s = self.shared.borrow();
-            if s.output.len() + s.unwritten_bytes < self.output_limit_bytes {
-                Poll::Ready(())
+            if s.input_closed {
+                Poll::Ready(Err(Disconnected))
+            } else if s.output.len() + s.unwritten_bytes < self.output_limit_bytes {
+                Poll::Ready(Ok(()))
             } else {
                 Poll::Pending
             }
