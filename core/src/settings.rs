@@ -205,18 +205,52 @@ impl Settings {
         }
     }
 
-    fn read_int<N: std::str::FromStr>(&self, name: &str, out: &mut N) -> Result<(), SettingsError> {
+    fn read_int<N: CxxUnsigned>(&self, name: &str, out: &mut N) -> Result<(), SettingsError> {
         match self.raw.get(name) {
             None => Ok(()),
             Some(v) => {
-                *out = v
-                    .parse()
-                    .map_err(|_| SettingsError::NotAnInteger(name.to_owned()))?;
+                *out = N::parse_cxx(v).ok_or_else(|| SettingsError::NotAnInteger(name.to_owned()))?;
                 Ok(())
             }
         }
     }
 }
+
+/// An unsigned setting read the way the C++ daemon's `string2Int` reads it
+/// with an `istringstream`: leading white space, an optional sign, digits
+/// and nothing after; a negative value wraps around (`-1` is the maximum),
+/// a value beyond the type's range is refused.
+trait CxxUnsigned: Sized {
+    fn parse_cxx(text: &str) -> Option<Self>;
+}
+
+/// The magnitude and sign of a C++-style integer.
+fn parse_cxx_integer(text: &str) -> Option<(bool, u128)> {
+    let t = text.trim_start();
+    let (negative, digits) = match t.as_bytes().first()? {
+        b'-' => (true, &t[1..]),
+        b'+' => (false, &t[1..]),
+        _ => (false, t),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((negative, digits.parse().ok()?))
+}
+
+macro_rules! cxx_unsigned {
+    ($($t:ty),*) => {$(
+        impl CxxUnsigned for $t {
+            fn parse_cxx(text: &str) -> Option<$t> {
+                let (negative, magnitude) = parse_cxx_integer(text)?;
+                let value = <$t>::try_from(magnitude).ok()?;
+                Some(if negative { value.wrapping_neg() } else { value })
+            }
+        }
+    )*};
+}
+
+cxx_unsigned!(u32, u64);
 
 #[cfg(test)]
 mod tests {
@@ -246,6 +280,21 @@ mod tests {
         s.set("build-use-chroot", "yes");
         assert!(s.update().is_err());
         assert!(s.typed().use_chroot);
+    }
+
+    #[test]
+    fn integers_are_read_like_the_cxx_daemon() {
+        assert_eq!(u32::parse_cxx("-1"), Some(u32::MAX));
+        assert_eq!(u32::parse_cxx("  42"), Some(42));
+        assert_eq!(u32::parse_cxx("+7"), Some(7));
+        assert_eq!(u32::parse_cxx("4294967296"), None);
+        assert_eq!(u32::parse_cxx("1 "), None);
+        assert_eq!(u32::parse_cxx(""), None);
+        assert_eq!(u64::parse_cxx("-2"), Some(u64::MAX - 1));
+        let mut s = Settings::default();
+        s.set("build-max-jobs", "-1");
+        s.update().unwrap();
+        assert_eq!(s.typed().max_build_jobs, u32::MAX);
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
     // ever group- or world-writable (spec 02 §8).
     // SAFETY: umask has no preconditions and cannot fail.
     unsafe { libc::umask(0o022) };
+    raise_open_files_limit();
 
     let action = match cli::parse(&program, std::env::args_os()) {
         Ok(action) => action,
@@ -88,6 +89,24 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: one process
+/// serves every client, and each connection, lock file and upload is a
+/// descriptor (the C++ daemon's limit is per session process).
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            // Failing leaves the old limit, which still works for fewer clients.
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Starts the daemon and serves until a termination signal.

@@ -343,6 +343,46 @@ impl Db {
         Ok(EffectOutput::Registered(results))
     }
 
+    /// `Paths`: the closure of `paths` under references, each path included
+    /// when valid. One recursive query, not one per path.
+    pub fn query_closure(&self, paths: &[StorePath]) -> EffectResult {
+        self.read(|conn| {
+            let tx = conn.transaction()?;
+            let mut closure = BTreeSet::new();
+            {
+                let mut stmt = tx.prepare_cached(SQL_QUERY_CLOSURE)?;
+                for path in paths {
+                    if closure.contains(path) {
+                        continue;
+                    }
+                    let mut rows = stmt.query(params![path.as_str()])?;
+                    while let Some(row) = rows.next()? {
+                        let p: String = row.get(0)?;
+                        closure.insert(parse_db_path(&self.store_dir, &p)?);
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(EffectOutput::Paths(closure))
+        })
+    }
+
+    /// Records permanent build failures (`--cache-failures`).
+    pub fn record_failed_paths(&self, paths: &[StorePath], time_s: u64) -> EffectResult {
+        let conn = self.writer();
+        self.retry_busy(|| {
+            in_write_transaction(&conn, |conn| {
+                let mut stmt = conn.prepare_cached(SQL_RECORD_FAILED_PATH)?;
+                for path in paths {
+                    stmt.execute(params![path.as_str(), time_s as i64])?;
+                }
+                Ok(())
+            })
+        })
+        .map_err(|e| e.into_effect_error("recording failed paths"))?;
+        Ok(EffectOutput::Done)
+    }
+
     /// Removes entries from `FailedPaths`: `"*"` clears all of them, a
     /// valid derivation clears its outputs, any other string clears itself.
     pub fn clear_failed_paths(&self, paths: &[String]) -> EffectResult {
@@ -540,6 +580,16 @@ const SQL_UPDATE_PATH_INFO: &str = "update ValidPaths set narSize = ?, hash = ? 
 const SQL_ADD_REFERENCE: &str = "insert or replace into Refs (referrer, reference) values (?, ?);";
 const SQL_ADD_DERIVATION_OUTPUT: &str =
     "insert or replace into DerivationOutputs (drv, id, path) values (?, ?, ?);";
+/// Every valid path reachable from `?1` through references, `?1` included
+/// when valid.
+const SQL_QUERY_CLOSURE: &str = "with recursive closure(id) as \
+     (select id from ValidPaths where path = ?1 \
+      union select r.reference from Refs r join closure c on r.referrer = c.id) \
+     select v.path from ValidPaths v join closure c on v.id = c.id";
+
+const SQL_RECORD_FAILED_PATH: &str =
+    "insert or replace into FailedPaths (path, time) values (?1, ?2)";
+
 const SQL_CLEAR_FAILED_PATH: &str = "delete from FailedPaths where ?1 = '*' or path = ?1 \
      or path in (select d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where v.path = ?1);";
 

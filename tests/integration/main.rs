@@ -2,3 +2,5 @@
 //! scenarios; scenarios that involve a daemon run on both runtimes.
 
 mod golden;
+mod interop;
+mod support;
