@@ -35,7 +35,14 @@ pub struct BuildPlan {
     pub args: Vec<String>,
     /// The complete environment, in name order, computed by the core
     /// (spec 03 §2) except for `impure_env_vars`, whose values come from the
-    /// daemon's own environment.
+    /// daemon's own environment, and the six build-directory variables
+    /// (`NIX_BUILD_TOP`, `TMPDIR`, `TEMPDIR`, `TMP`, `TEMP`, `PWD`), which
+    /// the os sets (overriding any given here).
+    ///
+    /// For a [`Program::Builtin`] the builder gets the *daemon's*
+    /// environment instead, with only `NIX_STORE` and `_NIX_OPTIONS` taken
+    /// from here and set on top of it (spec 03 §7); the derivation's own
+    /// variables are not exported to `guix perform-download`.
     pub env: Vec<(String, String)>,
     /// Names whose values are taken from the daemon's environment (empty
     /// unless fixed-output).
@@ -73,6 +80,11 @@ pub enum Program {
     Builder(String),
     /// A built-in builder (`builtin:download`, `builtin:git-download`), run
     /// through `guix perform-download DRV OUTPUT` without a chroot.
+    /// `name` is the part after `builtin:` (a leading `builtin:` is
+    /// tolerated); an unknown name makes the builder fail with
+    /// `error: unsupported builtin function 'NAME'`. `output` is the path
+    /// the download goes to (the real output, or its redirection in check
+    /// mode).
     Builtin { name: String, output: StorePath },
 }
 
@@ -116,8 +128,5 @@ pub enum OutputRefused {
     Rejected(String),
     /// A fixed output with other content: the `@ hash-mismatch` trace line
     /// and ``hash mismatch for store item 'P'``.
-    HashMismatch {
-        trace_line: String,
-        message: String,
-    },
+    HashMismatch { trace_line: String, message: String },
 }

@@ -13,6 +13,7 @@
 //! - database writes are only ever asked for one at a time (the core's
 //!   writer queue), so the daemon never contends with itself in SQLite.
 
+use crate::build_plan::{BuildId, BuildPlan, LogId, OutputCheck, OutputFound, OutputRefused};
 use crate::hash::{Hash, HashAlgo};
 use crate::store_path::StorePath;
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,6 +96,9 @@ pub struct SubstitutablePathInfo {
 }
 
 /// A request for a side effect.
+// `PrepareBuild` carries a whole build plan; effects are moved, never
+// copied, and few are queued at once, so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     // ---- database reads (any number in flight; never block the writer)
@@ -248,6 +252,97 @@ pub enum Effect {
         user: String,
         uid: u32,
     },
+
+    // ---- builds (spec 03; see build_plan.rs)
+    /// The closure of `paths` under references (each path included).
+    QueryClosure {
+        paths: Vec<StorePath>,
+    },
+    /// Creates the build directory (`$TMPDIR/guix-build-NAME.drv-N`, with
+    /// `top/` in chroot mode), the chroot skeleton and `build_dir_files`,
+    /// acquires a build user when a group is configured, and keeps the plan
+    /// for the spawn that follows (`Output::Spawn`). The os sets
+    /// `NIX_BUILD_TOP`, `TMPDIR`, `TEMPDIR`, `TMP`, `TEMP` and `PWD` to the
+    /// build directory as the builder sees it.
+    PrepareBuild {
+        build: BuildId,
+        plan: BuildPlan,
+    },
+    /// After the builder exited successfully: checks every output, moves it
+    /// from the chroot into the store unless `keep_in_chroot` (check mode),
+    /// canonicalises it, scans it for the hash parts of `candidates`, and
+    /// measures its NAR.
+    CollectOutputs {
+        build: BuildId,
+        outputs: Vec<OutputCheck>,
+        candidates: BTreeSet<StorePath>,
+        keep_in_chroot: bool,
+    },
+    /// Ends a build: kills what is left of it, deletes the chroot, and the
+    /// build directory unless `keep_build_dir` (then hands it to `owner_uid`
+    /// when given), releases the build user.
+    FinishBuild {
+        build: BuildId,
+        keep_build_dir: bool,
+        owner_uid: Option<u32>,
+    },
+    /// Opens the log file of `drv` (`<logdir>/drvs/XX/REST[.gz|.bz2]`).
+    LogOpen {
+        log: LogId,
+        drv: StorePath,
+        compression: LogCompression,
+    },
+    /// Appends builder output to an open log (one in flight per log).
+    LogWrite {
+        log: LogId,
+        data: Vec<u8>,
+    },
+    /// Finishes and closes a log.
+    LogClose {
+        log: LogId,
+    },
+    /// Records permanent build failures (`--cache-failures`); a database
+    /// write, so it goes through the writer queue like registrations.
+    RecordFailedPaths {
+        paths: Vec<StorePath>,
+        time_s: u64,
+    },
+
+    // ---- reuse of store contents for fixed-output derivations
+    /// The valid paths whose NAR hash is the SHA-256 `hash` (`Paths`).
+    QueryPathsByNarHash {
+        hash: Hash,
+    },
+    /// The valid single-file items whose contents hash to `hash` (in its
+    /// algorithm), as recorded by `IndexFlatContent` (`Paths`).
+    FindFlatContent {
+        hash: Hash,
+    },
+    /// Records that the valid single-file item `path` has contents hashing
+    /// to `hash`; a database write, through the writer queue.
+    IndexFlatContent {
+        path: StorePath,
+        hash: Hash,
+    },
+    /// Copies the valid item `from` to the new item `to` (replacing any
+    /// invalid leftover): the tree when `recursive`, else the bytes of a
+    /// single file as a non-executable file; checks that the copy hashes
+    /// to `expected` (its NAR when recursive, its contents when flat) and
+    /// measures it (`Measured`, `content_hash` in `expected`'s algorithm).
+    CopyIntoOutput {
+        from: StorePath,
+        to: StorePath,
+        recursive: bool,
+        expected: Hash,
+    },
+}
+
+/// Compression of build logs (`--log-compression`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogCompression {
+    None,
+    Gzip,
+    Bzip2,
 }
 
 /// Why an effect failed.
@@ -308,6 +403,12 @@ pub enum EffectOutput {
     /// `Verify`: the hex hash the signature covers.
     VerifiedHash(String),
     SubstitutableInfos(BTreeMap<StorePath, SubstitutablePathInfo>),
+    /// `PrepareBuild`: the build directory on the host.
+    BuildPrepared {
+        build_dir: String,
+    },
+    /// `CollectOutputs`: one result per output, in the order given.
+    Outputs(Vec<Result<OutputFound, OutputRefused>>),
 }
 
 /// What comes back for an effect.

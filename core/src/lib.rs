@@ -10,9 +10,11 @@
 //! the same result.
 
 pub mod base32;
+pub mod build_plan;
 pub mod config;
 pub mod daemon;
 pub mod effect;
+pub mod gc;
 pub mod hash;
 pub mod hex;
 pub mod locks;

@@ -209,7 +209,8 @@ impl Settings {
         match self.raw.get(name) {
             None => Ok(()),
             Some(v) => {
-                *out = N::parse_cxx(v).ok_or_else(|| SettingsError::NotAnInteger(name.to_owned()))?;
+                *out =
+                    N::parse_cxx(v).ok_or_else(|| SettingsError::NotAnInteger(name.to_owned()))?;
                 Ok(())
             }
         }

@@ -82,6 +82,8 @@ pub enum CliError {
     Usage(#[from] clap::Error),
     #[error("{0}: invalid number of rounds")]
     InvalidRounds(String),
+    #[error("{0}: invalid number of build attempts")]
+    InvalidAttempts(String),
     #[error("{0}: unknown compression type")]
     UnknownCompression(String),
     #[error("'{0}': invalid Boolean value")]
@@ -350,6 +352,11 @@ const SPECS: &[Spec] = &[
         short: Some('M'),
         ..spec("max-jobs", Kind::Value("N"), "run at most N builds at once")
     },
+    spec(
+        "max-build-attempts",
+        Kind::Value("N"),
+        "retry a build that failed beside others up to N times in all, with fewer builds beside it (guixd only; default 1)",
+    ),
     Spec {
         aliases: &["no-build-hook"],
         ..spec(
@@ -485,6 +492,10 @@ fn apply(options: &mut Options, id: &str, value: String) -> Result<Option<Action
         "lose-logs" => settings.set("build-keep-log", "false"),
         "max-silent-time" => settings.set("build-max-silent-time", &value),
         "max-jobs" => settings.set("build-max-jobs", &value),
+        "max-build-attempts" => match value.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => settings.set("build-max-attempts", &n.to_string()),
+            _ => return Err(CliError::InvalidAttempts(value)),
+        },
         "no-offload" => settings.set(USE_BUILD_HOOK_SETTING, "false"),
         "no-substitutes" => settings.set("build-use-substitutes", "false"),
         "rounds" => {
@@ -554,6 +565,19 @@ mod tests {
 
     fn raw<'a>(o: &'a Options, name: &str) -> Option<&'a str> {
         o.settings.raw(name)
+    }
+
+    #[test]
+    fn build_attempts_are_a_positive_number() {
+        assert_eq!(
+            raw(&run(&["--max-build-attempts=3"]), "build-max-attempts"),
+            Some("3")
+        );
+        assert_eq!(raw(&run(&[]), "build-max-attempts"), None);
+        assert!(matches!(
+            error(&["--max-build-attempts=0"]),
+            CliError::InvalidAttempts(_)
+        ));
     }
 
     #[test]

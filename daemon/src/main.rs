@@ -7,7 +7,8 @@
 //! Keeps true:
 //! - start-up runs in this order: umask 022, options, layout, the store
 //!   (`Os::open`, which may move the main thread into a private mount
-//!   namespace and so must run while it is the only thread), the sockets,
+//!   namespace and so must run while it is the only thread), the spawner
+//!   helper (forked, so also while this is the only thread), the sockets,
 //!   the termination signals blocked, and only then the runtime's threads;
 //! - every failure before serving prints `error: <message>` and exits 1;
 //!   usage errors exit 64 as with argp; `--help`, `--usage` and
@@ -133,7 +134,13 @@ fn serve(program: &str, options: &Options) -> anyhow::Result<()> {
             guixd_os::setup::create_dirs(dir)?;
         }
     }
-    let os = Arc::new(Os::open(os_config)?);
+    let mut os = Os::open(os_config)?;
+    // Builders are created by a helper forked now, before any thread
+    // exists; it lives in the store's mount namespace set up just above.
+    let spawner = guixd_os::build::Spawner::start()
+        .map_err(|e| anyhow!("starting the spawner helper: {e}"))?;
+    os.set_spawner(spawner);
+    let os = Arc::new(os);
 
     let (listeners, shown) = open_listeners(program, options, &layout)?;
     if uid == 0 && options.settings.typed().build_users_group.is_empty() {

@@ -25,10 +25,12 @@
 //!   as NULL (never ""), an unknown NAR size as NULL.
 
 use crate::OsConfig;
+use crate::gc::Invalidation;
 use crate::setup::SetupError;
 use guixd_core::effect::{
     EffectError, EffectErrorKind, EffectOutput, EffectResult, RegistrationGroup, ValidPathInfo,
 };
+use guixd_core::gc::{GcRows, PathRow};
 use guixd_core::hash::{Hash, HashAlgo};
 use guixd_core::store_path::{HASH_PART_LEN, StoreDir, StorePath};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
@@ -170,6 +172,9 @@ impl Db {
         check_db_dir_writable(&config.dirs.db)?;
         let file = db_file(&config.dirs.db);
         let writer = open_writer(&file, false, options, &limits)?;
+        // guixd's index and table; a database that refuses them (read-only,
+        // say) only loses fixed-output reuse.
+        let _ = writer.execute_batch(GUIXD_SCHEMA_SQL);
         Ok(Db {
             store_dir: config.dirs.store.clone(),
             limits,
@@ -365,6 +370,61 @@ impl Db {
             tx.commit()?;
             Ok(EffectOutput::Paths(closure))
         })
+    }
+
+    /// `Paths`: the valid paths whose NAR hash is the SHA-256 `hash`
+    /// (written in base16, as Guix writes it, or base32), through
+    /// guixd's index on `ValidPaths(hash)`.
+    pub fn query_paths_by_nar_hash(&self, hash: &Hash) -> EffectResult {
+        let base16 = format!("sha256:{}", hash.to_hex());
+        let base32 = format!("sha256:{}", hash.to_base32());
+        self.read(|conn| {
+            let mut paths = BTreeSet::new();
+            let mut stmt = conn.prepare_cached(SQL_PATHS_BY_NAR_HASH)?;
+            let mut rows = stmt.query(params![base16, base32])?;
+            while let Some(row) = rows.next()? {
+                let p: String = row.get(0)?;
+                paths.insert(parse_db_path(&self.store_dir, &p)?);
+            }
+            Ok(EffectOutput::Paths(paths))
+        })
+    }
+
+    /// `Paths`: the valid paths guixd indexed as single files whose
+    /// contents hash to `hash` (`guixd_ContentHashes`).
+    pub fn find_flat_content(&self, hash: &Hash) -> EffectResult {
+        let algo = hash.algo().name();
+        let hex = hash.to_hex();
+        self.read(|conn| {
+            let mut paths = BTreeSet::new();
+            let mut stmt = conn.prepare_cached(SQL_FIND_FLAT_CONTENT)?;
+            let mut rows = stmt.query(params![algo, hex])?;
+            while let Some(row) = rows.next()? {
+                let p: String = row.get(0)?;
+                paths.insert(parse_db_path(&self.store_dir, &p)?);
+            }
+            Ok(EffectOutput::Paths(paths))
+        })
+    }
+
+    /// Records that the valid single-file item `path` has contents hashing
+    /// to `hash` (for fixed-output reuse); rows for paths that are not
+    /// valid any more are dropped meanwhile.
+    pub fn index_flat_content(&self, path: &StorePath, hash: &Hash) -> EffectResult {
+        let conn = self.writer();
+        let algo = hash.algo().name();
+        let hex = hash.to_hex();
+        self.retry_busy(|| {
+            in_write_transaction(&conn, |conn| {
+                conn.prepare_cached(SQL_INDEX_FLAT_CONTENT)?
+                    .execute(params![algo, hex, path.as_str()])?;
+                conn.prepare_cached(SQL_PRUNE_FLAT_CONTENT)?
+                    .execute(params![algo, hex])?;
+                Ok(())
+            })
+        })
+        .map_err(|e| e.into_effect_error("indexing store contents"))?;
+        Ok(EffectOutput::Done)
     }
 
     /// Records permanent build failures (`--cache-failures`).
@@ -586,6 +646,26 @@ const SQL_QUERY_CLOSURE: &str = "with recursive closure(id) as \
      (select id from ValidPaths where path = ?1 \
       union select r.reference from Refs r join closure c on r.referrer = c.id) \
      select v.path from ValidPaths v join closure c on v.id = c.id";
+
+/// guixd's own additions to the schema, harmless to Guix's tools (which
+/// neither read nor write them): an index to find items by NAR hash, and a
+/// table of the flat content hashes of single-file items, both used to
+/// reuse store contents for fixed-output derivations.
+pub const GUIXD_SCHEMA_SQL: &str = "create index if not exists guixd_IndexValidPathsHash on ValidPaths(hash);
+create table if not exists guixd_ContentHashes (
+    algo text not null,
+    hash text not null,
+    path text not null,
+    primary key (algo, hash, path)
+);";
+
+const SQL_PATHS_BY_NAR_HASH: &str = "select path from ValidPaths where hash in (?1, ?2)";
+const SQL_FIND_FLAT_CONTENT: &str = "select c.path from guixd_ContentHashes c \
+     join ValidPaths v on v.path = c.path where c.algo = ?1 and c.hash = ?2";
+const SQL_INDEX_FLAT_CONTENT: &str =
+    "insert or ignore into guixd_ContentHashes (algo, hash, path) values (?1, ?2, ?3)";
+const SQL_PRUNE_FLAT_CONTENT: &str = "delete from guixd_ContentHashes where algo = ?1 and hash = ?2 \
+     and path not in (select path from ValidPaths)";
 
 const SQL_RECORD_FAILED_PATH: &str =
     "insert or replace into FailedPaths (path, time) values (?1, ?2)";
@@ -1051,6 +1131,164 @@ impl Jitter {
             return low;
         }
         low + self.0 % (high - low + 1)
+    }
+}
+
+// ---- the garbage collector's queries (`crate::gc`)
+//
+// Kept apart from the per-path queries above: the collector reads the whole
+// reference graph in bulk (three queries in one read transaction, instead
+// of one query per path), and invalidates one path at a time in a write
+// transaction that checks for referrers itself.
+
+/// Every valid path with what the collector needs of it.
+const SQL_GC_PATHS: &str = "select id, path, deriver, narSize from ValidPaths;";
+/// Every reference.
+const SQL_GC_REFS: &str = "select referrer, reference from Refs;";
+/// Every derivation output.
+const SQL_GC_DRV_OUTPUTS: &str = "select drv, path from DerivationOutputs;";
+const SQL_GC_PATH_ID_SIZE: &str = "select id, narSize from ValidPaths where path = ?;";
+/// The referrers of a path other than itself.
+const SQL_GC_OTHER_REFERRERS: &str = "select v.path from Refs r join ValidPaths v on r.referrer = v.id \
+     where r.reference = ?1 and r.referrer != ?1;";
+const SQL_GC_INVALIDATE_ID: &str = "delete from ValidPaths where id = ?;";
+const SQL_GC_INVALIDATE_PATH: &str = "delete from ValidPaths where path = ?;";
+
+impl Db {
+    /// The whole reference graph, read in one transaction so that the
+    /// three tables agree with each other.
+    pub fn gc_rows(&self) -> Result<GcRows, EffectError> {
+        self.read(|conn| {
+            let tx = conn.transaction()?;
+            let mut rows = GcRows::default();
+            {
+                let mut stmt = tx.prepare(SQL_GC_PATHS)?;
+                let mut query = stmt.query([])?;
+                while let Some(row) = query.next()? {
+                    let nar_size: Option<i64> = row.get(3)?;
+                    rows.paths.push(PathRow {
+                        id: row.get(0)?,
+                        path: row.get(1)?,
+                        deriver: row.get(2)?,
+                        nar_size: nar_size.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                    });
+                }
+                let mut stmt = tx.prepare(SQL_GC_REFS)?;
+                let mut query = stmt.query([])?;
+                while let Some(row) = query.next()? {
+                    rows.references.push((row.get(0)?, row.get(1)?));
+                }
+                let mut stmt = tx.prepare(SQL_GC_DRV_OUTPUTS)?;
+                let mut query = stmt.query([])?;
+                while let Some(row) = query.next()? {
+                    rows.derivation_outputs.push((row.get(0)?, row.get(1)?));
+                }
+            }
+            tx.commit()?;
+            Ok(rows)
+        })
+    }
+
+    /// Whether `path` (any string) is a valid path.
+    pub fn is_valid_path(&self, path: &str) -> Result<bool, EffectError> {
+        self.read(|conn| Ok(path_id(conn, path)?.is_some()))
+    }
+
+    /// Invalidates `path` for the collector, in one write transaction that
+    /// first looks at it again: a path that is not valid is left alone
+    /// ([`Invalidation::NotValid`]); a path that the plan thought invalid
+    /// but is valid now is left alone ([`Invalidation::BecameValid`]); a
+    /// path with referrers other than itself is refused
+    /// ([`Invalidation::InUse`], also when only the schema's `on delete
+    /// restrict` notices one). References from the path go with it
+    /// (cascade), and so do its derivation outputs.
+    pub fn invalidate_for_gc(
+        &self,
+        path: &StorePath,
+        expect_valid: bool,
+    ) -> Result<Invalidation, EffectError> {
+        let conn = self.writer();
+        self.retry_busy(|| {
+            in_write_transaction(&conn, |conn| {
+                let row: Option<(i64, Option<i64>)> = conn
+                    .prepare_cached(SQL_GC_PATH_ID_SIZE)?
+                    .query_row(params![path.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                let Some((id, nar_size)) = row else {
+                    return Ok(Invalidation::NotValid);
+                };
+                if !expect_valid {
+                    return Ok(Invalidation::BecameValid);
+                }
+                let mut users = Vec::new();
+                {
+                    let mut stmt = conn.prepare_cached(SQL_GC_OTHER_REFERRERS)?;
+                    let mut rows = stmt.query(params![id])?;
+                    while let Some(row) = rows.next()? {
+                        users.push(row.get::<_, String>(0)?);
+                    }
+                }
+                if !users.is_empty() {
+                    users.sort();
+                    return Ok(Invalidation::InUse(users));
+                }
+                match conn
+                    .prepare_cached(SQL_GC_INVALIDATE_ID)?
+                    .execute(params![id])
+                {
+                    Ok(_) => Ok(Invalidation::Invalidated {
+                        nar_size: nar_size.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                    }),
+                    Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                        Ok(Invalidation::InUse(Vec::new()))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+        })
+        .map_err(|e| e.into_effect_error("invalidating a path"))
+    }
+
+    /// Invalidates `path` without looking at its referrers (the daemon's
+    /// `invalidatePath`, used by `verify-store`); the schema still refuses
+    /// when a valid path refers to it.
+    pub fn invalidate_unchecked(&self, path: &str) -> Result<(), EffectError> {
+        let conn = self.writer();
+        self.retry_busy(|| {
+            in_write_transaction(&conn, |conn| {
+                conn.prepare_cached(SQL_GC_INVALIDATE_PATH)?
+                    .execute(params![path])?;
+                Ok(())
+            })
+        })
+        .map_err(|e| e.into_effect_error(&format!("invalidating `{path}'")))
+    }
+
+    /// Records a NAR hash and size found by `verify-store` (size 0 is
+    /// stored as NULL, as the daemon does).
+    pub fn update_hash_and_size(
+        &self,
+        path: &StorePath,
+        nar_hash: &Hash,
+        nar_size: u64,
+    ) -> Result<(), EffectError> {
+        let hash = format!("{}:{}", nar_hash.algo().name(), nar_hash.to_hex());
+        let size = match nar_size {
+            0 => None,
+            n => Some(i64::try_from(n).unwrap_or(i64::MAX)),
+        };
+        let conn = self.writer();
+        self.retry_busy(|| {
+            in_write_transaction(&conn, |conn| {
+                conn.prepare_cached(SQL_UPDATE_PATH_INFO)?.execute(params![
+                    size,
+                    hash,
+                    path.as_str()
+                ])?;
+                Ok(())
+            })
+        })
+        .map_err(|e| e.into_effect_error("updating path info"))
     }
 }
 
@@ -1641,6 +1879,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn guixd_indexes_find_items_by_nar_hash_and_flat_content() {
+        let (_store, db) = open_store("reuse-index");
+        let a = item(&db, "a");
+        let r = reg(&a, &[]);
+        let nar = r.info.nar_hash;
+        assert!(registered(db.register(vec![group(vec![r])])).iter().all(Result::is_ok));
+        assert_eq!(paths(db.query_paths_by_nar_hash(&nar)), set([&a]));
+        let content = Hash::sha256(b"contents");
+        assert!(paths(db.find_flat_content(&content)).is_empty());
+        db.index_flat_content(&a, &content).unwrap();
+        assert_eq!(paths(db.find_flat_content(&content)), set([&a]));
+        // Only valid items are found.
+        let b = item(&db, "b");
+        db.index_flat_content(&b, &content).unwrap();
+        assert_eq!(paths(db.find_flat_content(&content)), set([&a]));
+    }
+
+    #[test]
     fn a_new_database_is_in_wal_mode_with_guix_schema() {
         let (_store, db) = open_store("wal");
         let conn = raw(&db);
@@ -1649,7 +1905,10 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         let tables: Vec<String> = conn
-            .prepare("select name from sqlite_master where type = 'table' order by name")
+            .prepare(
+                "select name from sqlite_master where type = 'table' \
+                 and name not like 'guixd\\_%' escape '\\' order by name",
+            )
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()
@@ -1930,9 +2189,12 @@ pub(crate) mod tests {
 
     fn schema_rows(file: &Path) -> Vec<(String, String, Option<String>)> {
         let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-        conn.prepare("select type, name, sql from sqlite_master order by name")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        // guixd's own additions (GUIXD_SCHEMA_SQL) are not Guix's schema.
+        conn.prepare(
+            "select type, name, sql from sqlite_master where name not like '%guixd\\_%' escape '\\' order by name",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()

@@ -13,10 +13,15 @@
 //!   where it has some, never as a panic.
 
 pub mod agents;
+pub mod build;
+pub mod child;
 pub mod db;
 pub mod files;
+pub mod gc;
 pub mod locks;
 pub mod net;
+pub mod pressure;
+pub mod reuse;
 pub mod roots;
 pub mod setup;
 
@@ -44,6 +49,7 @@ pub struct Os {
     locks: locks::Locks,
     roots: roots::Roots,
     agents: agents::Agents,
+    builds: build::Builds,
 }
 
 impl Os {
@@ -57,6 +63,7 @@ impl Os {
             locks: locks::Locks::new(&config),
             roots: roots::Roots::new(&config),
             agents: agents::Agents::new(&config),
+            builds: build::Builds::new(&config),
             db,
             config,
         })
@@ -65,6 +72,25 @@ impl Os {
     /// The configuration this was opened with.
     pub fn config(&self) -> &OsConfig {
         &self.config
+    }
+
+    /// Hands over the spawner helper, which must have been started (with
+    /// [`build::Spawner::start`]) while the process had a single thread.
+    pub fn set_spawner(&mut self, spawner: build::Spawner) {
+        self.builds.set_spawner(spawner);
+    }
+
+    /// Starts the builder of a build prepared by `PrepareBuild` (the
+    /// runtime's answer to the core's `Spawn`), and waits until its set-up
+    /// succeeded: the child is then running, a child of this process, with
+    /// its log pipe non-blocking. A set-up failure is the builder's own
+    /// message and leaves no child behind. Blocking; call it from a worker
+    /// thread.
+    pub fn spawn_build(
+        &self,
+        build: guixd_core::build_plan::BuildId,
+    ) -> Result<child::SpawnedChild, guixd_core::effect::EffectError> {
+        self.builds.spawn(build)
     }
 
     /// Carries out one effect. Blocking; call it from a worker thread.
@@ -112,6 +138,46 @@ impl Os {
             Effect::CreateUserProfileDir { user, uid } => {
                 roots::create_user_profile_dir(&self.config, &user, uid)
             }
+            Effect::QueryClosure { paths } => self.db.query_closure(&paths),
+            Effect::RecordFailedPaths { paths, time_s } => {
+                self.db.record_failed_paths(&paths, time_s)
+            }
+            Effect::PrepareBuild { build, plan } => self.builds.prepare(build, plan),
+            Effect::CollectOutputs {
+                build,
+                outputs,
+                candidates,
+                keep_in_chroot,
+            } => self
+                .builds
+                .collect_outputs(build, &outputs, &candidates, keep_in_chroot),
+            Effect::FinishBuild {
+                build,
+                keep_build_dir,
+                owner_uid,
+            } => self.builds.finish(build, keep_build_dir, owner_uid),
+            Effect::LogOpen {
+                log,
+                drv,
+                compression,
+            } => self.builds.log_open(log, &drv, compression),
+            Effect::LogWrite { log, data } => self.builds.log_write(log, &data),
+            Effect::LogClose { log } => self.builds.log_close(log),
+            Effect::QueryPathsByNarHash { hash } => self.db.query_paths_by_nar_hash(&hash),
+            Effect::FindFlatContent { hash } => self.db.find_flat_content(&hash),
+            Effect::IndexFlatContent { path, hash } => self.db.index_flat_content(&path, &hash),
+            Effect::CopyIntoOutput {
+                from,
+                to,
+                recursive,
+                expected,
+            } => reuse::copy_into_output(
+                std::path::Path::new(self.config.dirs.store.as_str()),
+                &from,
+                &to,
+                recursive,
+                &expected,
+            ),
         }
     }
 }

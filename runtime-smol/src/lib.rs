@@ -6,8 +6,10 @@
 //! (which is `!Send`) is created on that thread and shared, behind a
 //! `RefCell`, by the tasks of that executor: one accept task per listener,
 //! one task per connection (it reads and writes the socket), one timer
-//! task, and one short task per effect, which runs `Os::run` on
-//! `blocking`'s thread pool and hands the result back.
+//! task, one short task per effect, which runs `Os::run` on `blocking`'s
+//! thread pool and hands the result back, one task per builder (it spawns
+//! it on that pool, then watches its pidfd and reads its log; see
+//! `child.rs`), and a pressure task while builders run.
 //!
 //! What it keeps true:
 //! - it decides nothing about the protocol or the store: every decision is
@@ -22,6 +24,7 @@
 //! - no work per event grows with the number of connections: idle
 //!   connections cost one parked task and no buffer.
 
+mod child;
 mod conn;
 mod runtime;
 

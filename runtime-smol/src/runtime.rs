@@ -16,9 +16,11 @@
 //! - at most [`EFFECTS_RUNNING_MAX`] effects run at once; the rest wait in
 //!   order.
 
+use crate::child::{self, ChildIo};
 use crate::conn::{self, ConnIo};
 use async_io::{Async, Timer};
 use futures_lite::future;
+use guixd_core::build_plan::ChildId;
 use guixd_core::config::Config;
 use guixd_core::daemon::{ConnId, Daemon, Now, Output};
 use guixd_core::effect::{Effect, EffectError, EffectErrorKind, EffectId, EffectResult};
@@ -100,6 +102,11 @@ pub(crate) struct Inner {
     /// call. Only sessions with a full input buffer or none at all are
     /// here, so the list stays short however many connections are idle.
     starved: RefCell<Vec<Rc<ConnIo>>>,
+    /// Builders running, and those whose log reader waits for budget.
+    children: RefCell<HashMap<ChildId, Rc<ChildIo>>>,
+    starved_children: RefCell<Vec<Rc<ChildIo>>>,
+    /// The pressure task runs.
+    pub(crate) pressure_task: Cell<bool>,
     /// The one read buffer, used synchronously by whichever connection
     /// reads.
     pub(crate) read_buffer: RefCell<Box<[u8]>>,
@@ -133,6 +140,9 @@ impl Inner {
             executor,
             conns: RefCell::new(HashMap::new()),
             starved: RefCell::new(Vec::new()),
+            children: RefCell::new(HashMap::new()),
+            starved_children: RefCell::new(Vec::new()),
+            pressure_task: Cell::new(false),
             read_buffer: RefCell::new(vec![0; READ_BUFFER_BYTES].into_boxed_slice()),
             effects_running: Cell::new(0),
             effects_waiting: RefCell::new(VecDeque::new()),
@@ -172,6 +182,42 @@ impl Inner {
     /// The executor, to spawn on; `None` only while the thread tears down.
     pub(crate) fn executor(&self) -> Option<Rc<LocalExecutor<'static>>> {
         self.executor.upgrade()
+    }
+
+    /// The os, for a worker thread.
+    pub(crate) fn os(&self) -> Arc<Os> {
+        self.os.clone()
+    }
+
+    /// How many bytes of `child`'s log the core takes now.
+    pub(crate) fn child_read_budget(&self, child: ChildId) -> usize {
+        self.daemon.borrow().child_read_budget(child)
+    }
+
+    /// Remembers that `io`'s log reader waits for budget.
+    pub(crate) fn starve_child(&self, io: &Rc<ChildIo>) {
+        if !io.starved.replace(true) {
+            self.starved_children.borrow_mut().push(io.clone());
+        }
+    }
+
+    pub(crate) fn add_child(&self, io: Rc<ChildIo>) {
+        self.children.borrow_mut().insert(io.id, io);
+    }
+
+    pub(crate) fn remove_child(&self, child: ChildId) {
+        self.children.borrow_mut().remove(&child);
+        if self.shutting_down.get() {
+            self.progress.wake();
+        }
+    }
+
+    pub(crate) fn child(&self, child: ChildId) -> Option<Rc<ChildIo>> {
+        self.children.borrow().get(&child).cloned()
+    }
+
+    pub(crate) fn has_children(&self) -> bool {
+        !self.children.borrow().is_empty()
     }
 
     /// How many bytes the core takes from `conn` now.
@@ -227,11 +273,25 @@ impl Inner {
                 }
             }
             Output::Effect { id, effect } => self.start_effect(id, effect),
+            Output::Spawn { child, build } => child::spawn(self, child, build),
+            Output::Kill { child } => child::kill(self, child),
             Output::Log(line) => self.log(&line),
         }
     }
 
     fn feed_starved(&self, daemon: &Daemon) {
+        self.starved_children.borrow_mut().retain(|io| {
+            if io.ended.get() {
+                io.starved.set(false);
+                return false;
+            }
+            if daemon.child_read_budget(io.id) == 0 {
+                return true;
+            }
+            io.starved.set(false);
+            io.task.wake();
+            false
+        });
         self.starved.borrow_mut().retain(|io| {
             if io.ended.get() {
                 io.starved.set(false);

@@ -27,7 +27,17 @@
 //! - a connection is closed only when the core says `Close` (after its
 //!   pending output is written or discarded), or when the loop ends;
 //! - every effect goes to the worker pool, and its result comes back
-//!   through the inbox to `handle_effect` exactly once.
+//!   through the inbox to `handle_effect` exactly once; so does every
+//!   spawn of a builder (`Os::spawn_build` blocks until its set-up is done),
+//!   whose outcome goes to `handle_child_started`;
+//! - a started child is watched through its pidfd (readable once it
+//!   exited; then reaped with `waitid(P_PIDFD)` and reported once with
+//!   `handle_child_exited`) and its log pipe (read only up to the core's
+//!   `child_read_budget`, like a connection; end of file is reported once
+//!   with `handle_child_output_closed`); its descriptors are closed once
+//!   both were reported, and it is never signalled by pid;
+//! - while children run, the machine's pressure is read every
+//!   [`PRESSURE_INTERVAL`] and handed to `handle_pressure`.
 
 use crate::inbox::Inbox;
 use crate::pool::Pool;
@@ -35,9 +45,11 @@ use crate::shutdown::ShutdownFlag;
 use crate::sync::Arc;
 use crate::wake::EventFd;
 use crate::{LogSink, ThreadsConfig};
+use guixd_core::build_plan::{BuildId, ChildId};
 use guixd_core::config::Config;
-use guixd_core::daemon::{ConnId, Daemon, Now, Output, Peer, PeerKind};
+use guixd_core::daemon::{ConnId, Daemon, ExitStatus, Now, Output, Peer, PeerKind};
 use guixd_core::effect::{Effect, EffectError, EffectErrorKind, EffectId, EffectResult};
+use guixd_os::child::SpawnedChild;
 use guixd_os::net::Listener;
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::io::Errno;
@@ -49,11 +61,20 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant, SystemTime};
 
-/// A completed effect, on its way from a worker to the loop.
-pub(crate) type Completion = (EffectId, EffectResult);
+/// A finished job, on its way from a worker to the loop.
+pub(crate) enum Completion {
+    Effect(EffectId, EffectResult),
+    Spawned(ChildId, Result<SpawnedChild, EffectError>),
+}
 
-/// An effect, on its way from the loop to a worker.
-pub(crate) type Job = (EffectId, Effect);
+/// A job for a worker: an effect, or the spawn of a prepared build.
+// Effects travel by value, as the core hands them out: boxing each would
+// cost an allocation per effect for a queue the core keeps short.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Job {
+    Effect(EffectId, Effect),
+    Spawn(ChildId, BuildId),
+}
 
 /// Everything the loop needs, made on the thread that starts the server
 /// (so that failures are reported by `start`) and sent to the loop thread.
@@ -124,8 +145,23 @@ const WAIT_MAX: Duration = Duration::from_secs(3600);
 /// Most buffers handed to one `sendmsg`.
 const IOV_MAX: usize = 64;
 
+/// Among the loop's own tokens, those with this bit name a child's pidfd
+/// or log pipe: `CHILD_TOKENS | slot << 1 | is_log`.
+const CHILD_TOKENS: u64 = OWN_TOKENS | (1 << 31);
+
+/// How often the machine's pressure is read while builders run.
+const PRESSURE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often a child whose pidfd could not be watched is asked whether it
+/// exited.
+const CHILD_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
 fn listener_token(index: usize) -> u64 {
     OWN_TOKENS | index as u64
+}
+
+fn child_token(slot: usize, log: bool) -> u64 {
+    CHILD_TOKENS | ((slot as u64) << 1) | u64::from(log)
 }
 
 struct EventLoop {
@@ -152,11 +188,34 @@ struct EventLoop {
     recheck: Vec<Key>,
     /// Connections not read from because their budget was 0.
     starved: Vec<Key>,
+    /// Builders the core started, by table slot.
+    children: Vec<Option<ChildIo>>,
+    free_children: Vec<usize>,
+    child_slots: HashMap<ChildId, usize>,
+    /// Children whose log is not read because their budget was 0.
+    starved_children: Vec<usize>,
+    /// When to read the machine's pressure next, while children run.
+    next_pressure: Option<Instant>,
     /// Log lines not yet given to the sink, each ending with a newline.
     log: String,
     log_sink: Option<LogSink>,
     last_mono: Instant,
     stopping: bool,
+}
+
+/// A builder, as the runtime watches it.
+struct ChildIo {
+    id: ChildId,
+    /// `None` once its exit was reported.
+    pidfd: Option<OwnedFd>,
+    /// `None` once the end of its log was reported.
+    log: Option<OwnedFd>,
+    /// The pidfd could not be watched with epoll: it is asked every
+    /// [`CHILD_POLL_INTERVAL`] instead.
+    polled: bool,
+    /// The log pipe is in the epoll set.
+    log_watched: bool,
+    starved: bool,
 }
 
 struct ListenerSlot {
@@ -335,6 +394,11 @@ impl EventLoop {
             events: Vec::with_capacity(events_max),
             events_max,
             completions: Vec::new(),
+            children: Vec::new(),
+            free_children: Vec::new(),
+            child_slots: HashMap::new(),
+            starved_children: Vec::new(),
+            next_pressure: None,
             flush_queue: Vec::new(),
             recheck: Vec::new(),
             starved: Vec::new(),
@@ -392,6 +456,16 @@ impl EventLoop {
             self.take_completions();
             return;
         }
+        if token & CHILD_TOKENS == CHILD_TOKENS {
+            let low = token & u64::from(u32::MAX >> 1);
+            let slot = (low >> 1) as usize;
+            if low & 1 == 1 {
+                self.read_child(slot);
+            } else {
+                self.child_exit_ready(slot);
+            }
+            return;
+        }
         if token & OWN_TOKENS == OWN_TOKENS {
             self.accept_from((token & u64::from(u32::MAX)) as usize);
             return;
@@ -415,10 +489,15 @@ impl EventLoop {
     fn take_completions(&mut self) {
         let mut completions = std::mem::take(&mut self.completions);
         self.inbox.take_all(&mut completions);
-        for (id, result) in completions.drain(..) {
-            let now = self.now();
-            self.daemon.handle_effect(now, id, result);
-            self.drain();
+        for completion in completions.drain(..) {
+            match completion {
+                Completion::Effect(id, result) => {
+                    let now = self.now();
+                    self.daemon.handle_effect(now, id, result);
+                    self.drain();
+                }
+                Completion::Spawned(child, result) => self.child_spawned(child, result),
+            }
         }
         self.completions = completions;
     }
@@ -554,6 +633,19 @@ impl EventLoop {
             self.daemon.handle_timeout(now);
             self.drain();
         }
+        if self.next_pressure.is_some_and(|at| at <= now) {
+            self.read_pressure();
+        }
+        let polled: Vec<usize> = self
+            .children
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.as_ref().is_some_and(|c| c.polled))
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in polled {
+            self.child_exit_ready(slot);
+        }
         for index in 0..self.listeners.len() {
             let slot = &mut self.listeners[index];
             if slot.paused_until.is_some_and(|until| until <= now) {
@@ -616,16 +708,19 @@ impl EventLoop {
                     }
                 }
                 Output::Effect { id, effect } => {
-                    if self.pool.submit((id, effect)).is_err() {
+                    if self.pool.submit(Job::Effect(id, effect)).is_err() {
                         // The pool only closes after the loop has ended;
                         // answer anyway, so the core's count stays right.
-                        let error = EffectError::new(
-                            EffectErrorKind::Io(Errno::SHUTDOWN.raw_os_error()),
-                            "guixd bug: the worker pool has stopped",
-                        );
-                        self.inbox.push((id, Err(error)));
+                        self.inbox.push(Completion::Effect(id, Err(pool_stopped())));
                     }
                 }
+                Output::Spawn { child, build } => {
+                    if self.pool.submit(Job::Spawn(child, build)).is_err() {
+                        self.inbox
+                            .push(Completion::Spawned(child, Err(pool_stopped())));
+                    }
+                }
+                Output::Kill { child } => self.kill_child(child),
                 Output::Log(line) => self.log_line(line),
             }
         }
@@ -634,6 +729,12 @@ impl EventLoop {
     /// Writes what was queued, carries out closes and updates epoll
     /// interest, until nothing is left to do.
     fn settle(&mut self) {
+        for slot in std::mem::take(&mut self.starved_children) {
+            if let Some(Some(c)) = self.children.get_mut(slot) {
+                c.starved = false;
+            }
+            self.update_child_interest(slot);
+        }
         for key in std::mem::take(&mut self.starved) {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.starved = false;
@@ -783,6 +884,234 @@ impl EventLoop {
         }
     }
 
+    // ---- children
+
+    /// A worker finished spawning a builder: watch it, and tell the core.
+    fn child_spawned(&mut self, child: ChildId, result: Result<SpawnedChild, EffectError>) {
+        let spawned = match result {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                let now = self.now();
+                self.daemon.handle_child_started(now, child, Err(e));
+                self.drain();
+                return;
+            }
+        };
+        let slot = match self.free_children.pop() {
+            Some(slot) => slot,
+            None => {
+                self.children.push(None);
+                self.children.len() - 1
+            }
+        };
+        let polled = epoll::add(
+            &self.epoll,
+            &spawned.pidfd,
+            EventData::new_u64(child_token(slot, false)),
+            EventFlags::IN,
+        )
+        .is_err();
+        if polled {
+            self.log_line(format!(
+                "cannot watch builder {}; polling for its exit",
+                spawned.pid
+            ));
+        }
+        self.children[slot] = Some(ChildIo {
+            id: child,
+            pidfd: Some(spawned.pidfd),
+            log: Some(spawned.log),
+            polled,
+            log_watched: false,
+            starved: false,
+        });
+        self.child_slots.insert(child, slot);
+        if self.next_pressure.is_none() {
+            self.next_pressure = Some(Instant::now());
+        }
+        let now = self.now();
+        self.daemon
+            .handle_child_started(now, child, Ok(spawned.pid));
+        self.drain();
+        self.update_child_interest(slot);
+    }
+
+    /// The pidfd of a child is readable (or polled): reap it if it exited.
+    fn child_exit_ready(&mut self, slot: usize) {
+        let Some(Some(c)) = self.children.get_mut(slot) else {
+            return;
+        };
+        let Some(pidfd) = &c.pidfd else {
+            return;
+        };
+        let status = match guixd_os::child::wait_exit(pidfd) {
+            Ok(None) => return,
+            Ok(Some(status)) => exit_status(status),
+            Err(e) => {
+                // Nothing to reap (the child is gone some other way): the
+                // core must still hear of its end.
+                let line = format!("cannot wait for a builder: {e}");
+                self.log_line(line);
+                ExitStatus::Signal(9)
+            }
+        };
+        let Some(Some(c)) = self.children.get_mut(slot) else {
+            return;
+        };
+        if let Some(pidfd) = c.pidfd.take() {
+            if !c.polled {
+                let _ = epoll::delete(&self.epoll, &pidfd);
+            }
+        }
+        c.polled = false;
+        let id = c.id;
+        let now = self.now();
+        self.daemon.handle_child_exited(now, id, status);
+        self.drain();
+        self.forget_child_if_done(slot);
+    }
+
+    /// Reads a child's log while the core has budget for it.
+    fn read_child(&mut self, slot: usize) {
+        let mut total = 0;
+        loop {
+            let Some(Some(c)) = self.children.get(slot) else {
+                return;
+            };
+            let Some(log) = &c.log else {
+                return;
+            };
+            let id = c.id;
+            let want = self
+                .daemon
+                .child_read_budget(id)
+                .min(self.read_buf.len())
+                .min(self.read_per_event_bytes - total);
+            if want == 0 {
+                break;
+            }
+            match rustix::io::read(log, &mut self.read_buf[..want]) {
+                Ok(0) => {
+                    self.child_log_closed(slot);
+                    return;
+                }
+                Ok(n) => {
+                    let now = self.now();
+                    self.daemon
+                        .handle_child_output(now, id, &self.read_buf[..n]);
+                    self.drain();
+                    total += n;
+                    if n < want {
+                        break;
+                    }
+                }
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => break,
+                Err(_) => {
+                    self.child_log_closed(slot);
+                    return;
+                }
+            }
+        }
+        self.update_child_interest(slot);
+    }
+
+    fn child_log_closed(&mut self, slot: usize) {
+        let Some(Some(c)) = self.children.get_mut(slot) else {
+            return;
+        };
+        if let Some(log) = c.log.take() {
+            if c.log_watched {
+                let _ = epoll::delete(&self.epoll, &log);
+            }
+        }
+        c.log_watched = false;
+        let id = c.id;
+        let now = self.now();
+        self.daemon.handle_child_output_closed(now, id);
+        self.drain();
+        self.forget_child_if_done(slot);
+    }
+
+    /// Watches a child's log for reading exactly while the core has budget
+    /// for it.
+    fn update_child_interest(&mut self, slot: usize) {
+        let (id, watched) = match self.children.get(slot) {
+            Some(Some(c)) if c.log.is_some() => (c.id, c.log_watched),
+            _ => return,
+        };
+        let want = self.daemon.child_read_budget(id) > 0;
+        let Some(Some(c)) = self.children.get_mut(slot) else {
+            return;
+        };
+        if want != watched {
+            let Some(log) = c.log.as_ref() else {
+                return;
+            };
+            let changed = if want {
+                epoll::add(
+                    &self.epoll,
+                    log,
+                    EventData::new_u64(child_token(slot, true)),
+                    EventFlags::IN,
+                )
+            } else {
+                epoll::delete(&self.epoll, log)
+            };
+            match changed {
+                Ok(()) => c.log_watched = want,
+                Err(e) => {
+                    // A log that cannot be watched cannot be read, and the
+                    // builder would block on it: stop, as at end of file.
+                    self.log_line(format!("cannot watch a builder's log: {e}"));
+                    self.child_log_closed(slot);
+                    return;
+                }
+            }
+        }
+        if !want && !c.starved {
+            c.starved = true;
+            self.starved_children.push(slot);
+        }
+    }
+
+    fn forget_child_if_done(&mut self, slot: usize) {
+        let done = matches!(self.children.get(slot), Some(Some(c)) if c.pidfd.is_none() && c.log.is_none());
+        if !done {
+            return;
+        }
+        if let Some(Some(c)) = self.children.get_mut(slot).map(Option::take) {
+            self.child_slots.remove(&c.id);
+        }
+        self.free_children.push(slot);
+        if self.child_slots.is_empty() {
+            self.next_pressure = None;
+        }
+    }
+
+    fn kill_child(&mut self, child: ChildId) {
+        let Some(&slot) = self.child_slots.get(&child) else {
+            return;
+        };
+        let Some(Some(c)) = self.children.get(slot) else {
+            return;
+        };
+        if let Some(pidfd) = &c.pidfd {
+            if let Err(e) = guixd_os::child::kill_child(pidfd, libc_sigkill()) {
+                self.log_line(format!("cannot kill a builder: {e}"));
+            }
+        }
+    }
+
+    fn read_pressure(&mut self) {
+        self.next_pressure = Some(Instant::now() + PRESSURE_INTERVAL);
+        if let Some(pressure) = guixd_os::pressure::read() {
+            let now = self.now();
+            self.daemon.handle_pressure(now, pressure);
+            self.drain();
+        }
+    }
+
     // ---- time, listeners, log
 
     fn now(&mut self) -> Now {
@@ -797,7 +1126,19 @@ impl EventLoop {
     /// The earliest of the core's deadline and the listeners' rests.
     fn deadline(&self) -> Option<Instant> {
         let rests = self.listeners.iter().filter_map(|slot| slot.paused_until);
-        self.daemon.poll_timeout().into_iter().chain(rests).min()
+        let polled = self
+            .children
+            .iter()
+            .flatten()
+            .any(|c| c.polled)
+            .then(|| Instant::now() + CHILD_POLL_INTERVAL);
+        self.daemon
+            .poll_timeout()
+            .into_iter()
+            .chain(rests)
+            .chain(self.next_pressure)
+            .chain(polled)
+            .min()
     }
 
     fn pause_listener(&mut self, index: usize) {
@@ -868,21 +1209,55 @@ fn wall_seconds() -> u64 {
         .map_or(0, |since| since.as_secs())
 }
 
-/// Runs one effect on a worker thread and leaves its result in the inbox.
+/// Runs one job on a worker thread and leaves its outcome in the inbox.
 /// A panic in the os layer is a guixd bug; it becomes an error result, so
 /// the core still hears back exactly once and the worker lives on.
-pub(crate) fn run_effect(os: &guixd_os::Os, inbox: &Inbox<Completion, EventFd>, (id, effect): Job) {
-    let run = std::panic::AssertUnwindSafe(|| os.run(effect));
-    let result = std::panic::catch_unwind(run).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(EffectError::new(
-            EffectErrorKind::Io(Errno::IO.raw_os_error()),
-            format!("guixd bug: an effect panicked: {what}"),
-        ))
-    });
-    inbox.push((id, result));
+pub(crate) fn run_job(os: &guixd_os::Os, inbox: &Inbox<Completion, EventFd>, job: Job) {
+    match job {
+        Job::Effect(id, effect) => {
+            let run = std::panic::AssertUnwindSafe(|| os.run(effect));
+            let result = std::panic::catch_unwind(run).unwrap_or_else(|p| Err(panicked(p)));
+            inbox.push(Completion::Effect(id, result));
+        }
+        Job::Spawn(child, build) => {
+            let run = std::panic::AssertUnwindSafe(|| os.spawn_build(build));
+            let result = std::panic::catch_unwind(run).unwrap_or_else(|p| Err(panicked(p)));
+            inbox.push(Completion::Spawned(child, result));
+        }
+    }
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> EffectError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    EffectError::new(
+        EffectErrorKind::Io(Errno::IO.raw_os_error()),
+        format!("guixd bug: an effect panicked: {what}"),
+    )
+}
+
+fn pool_stopped() -> EffectError {
+    EffectError::new(
+        EffectErrorKind::Io(Errno::SHUTDOWN.raw_os_error()),
+        "guixd bug: the worker pool has stopped",
+    )
+}
+
+/// How a reaped child ended, as the core names it.
+fn exit_status(status: std::process::ExitStatus) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitStatus::Code(code),
+        (None, Some(signal)) => ExitStatus::Signal(signal),
+        // One of the two is always set for a child that ended.
+        (None, None) => ExitStatus::Signal(9),
+    }
+}
+
+/// SIGKILL, which is 9 on every Linux architecture.
+fn libc_sigkill() -> i32 {
+    9
 }

@@ -129,7 +129,7 @@ impl Server {
         let pool = {
             let inbox = inbox.clone();
             pool::Pool::start(threads.workers, "guixd-worker", move |job| {
-                event_loop::run_effect(&os, &inbox, job)
+                event_loop::run_job(&os, &inbox, job)
             })?
         };
         let parts = event_loop::Parts {

@@ -14,30 +14,58 @@
 //! it has written, runs every `Output::Effect` (on any thread) and hands its
 //! result back exactly once with [`Daemon::handle_effect`].
 //!
+//! # Children
+//!
+//! Builds run as children the runtime watches. `Output::Spawn { child,
+//! build }` asks the runtime to start the build that a `PrepareBuild`
+//! effect prepared (`guixd_os::Os::spawn_build`, on a worker thread) and
+//! to report with [`Daemon::handle_child_started`]. A started child is then
+//! watched until it has both exited ([`Daemon::handle_child_exited`]) and
+//! closed its log ([`Daemon::handle_child_output_closed`]); its log is read
+//! only up to [`Daemon::child_read_budget`] bytes at a time and handed in
+//! with [`Daemon::handle_child_output`] (a budget of 0 means: stop reading
+//! until it grows; re-check after every `handle_*` call). A child that
+//! could not be started gets no further input. `Output::Kill { child }`
+//! asks for SIGKILL through the child's pidfd; its exit is still reported.
+//! The runtime also reads the machine's pressure every few seconds and
+//! hands it in with [`Daemon::handle_pressure`].
+//!
 //! # What it keeps true
 //!
 //! - It never reads a clock, the environment or the filesystem, and never
 //!   spawns anything: all of that arrives as inputs or leaves as outputs.
 //! - Entities are small `Copy` ids into tables owned here; a `ConnId`
 //!   carries a generation, so a stale id never reaches a new connection.
+//! - Tasks are sessions (one per connection) and goals (one per derivation
+//!   or path being realised, shared by every session that needs it); both
+//!   are coroutines with the same mailbox, and effects, locks, timers and
+//!   registrations are routed by task.
 //! - At most one database write is in flight (the writer queue), and it
 //!   carries every registration queued meanwhile (group commit).
-//! - A connection's slot is freed only once none of its effects is in
-//!   flight; what it left behind (uploads, dumps, locks) is cleaned up then.
+//! - A task's slot is freed only once none of its effects is in flight and
+//!   (for goals) every child it started has exited and closed its log;
+//!   what it left behind (uploads, dumps, locks, build directories, open
+//!   logs) is cleaned up then.
 //! - Iteration whose order shows in outputs is over ordered maps.
 
+mod build_env;
+mod goal;
+mod report;
+mod sched;
 mod session;
 pub(crate) mod task;
 
+use crate::build_plan::{BuildId, ChildId};
 use crate::config::Config;
 use crate::effect::{Effect, EffectError, EffectErrorKind, EffectId, EffectOutput, EffectResult};
 use crate::locks::{LockEvent, LockRequestId, LockTable};
 use crate::store_path::StorePath;
+use sched::{Action, GoalId, GoalKey, Sched};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
-use task::{Completion, Ctx, Request, Shared, Task, Token};
+use task::{ChildEvent, Completion, Ctx, Request, Shared, Task, TaskId, Token};
 
 /// The time, as the runtime read it: monotonic for deadlines, wall-clock
 /// seconds for what is recorded (registration times).
@@ -71,7 +99,29 @@ pub struct Peer {
     pub user_name: Option<String>,
 }
 
+/// How a child process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+/// The machine's load, as `/proc/pressure` says: the share of the last ten
+/// seconds in which some (or all) tasks stalled, in hundredths of a
+/// percent (`avg10=12.34` is 1234).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub memory_some_avg10_centi: u32,
+    pub memory_full_avg10_centi: u32,
+    pub cpu_some_avg10_centi: u32,
+}
+
 /// What the machine asks the runtime to do.
+// Effects travel by value: boxing each would cost an allocation per
+// effect, and outputs are drained at once, so few are ever queued.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
     /// Write these bytes to the connection, after any sent before.
@@ -82,6 +132,12 @@ pub enum Output {
     Effect { id: EffectId, effect: Effect },
     /// A line for the daemon's own standard error.
     Log(String),
+    /// Start the build a `PrepareBuild` effect prepared, as `child`; report
+    /// with `handle_child_started`, then watch it (see the module docs).
+    Spawn { child: ChildId, build: BuildId },
+    /// Kill a started child (SIGKILL through its pidfd). Its exit and the
+    /// end of its log are still reported.
+    Kill { child: ChildId },
 }
 
 /// The daemon machine. See the module documentation for the contract.
@@ -92,34 +148,42 @@ pub struct Daemon {
     free_slots: Vec<u32>,
     /// Occupied slots of `conns`.
     live_conns: usize,
+    /// Goal tasks, running or waiting to be reaped.
+    goals: BTreeMap<GoalId, GoalTask>,
     outputs: VecDeque<Output>,
     /// Who waits for each effect in flight.
     effect_owners: BTreeMap<EffectId, Owner>,
     /// Effects asked for beyond the in-flight ceiling, in order.
     effects_waiting: VecDeque<(EffectId, Effect)>,
     next_effect: u64,
-    /// Connections to poll before the next output is handed out.
-    dirty: BTreeSet<ConnId>,
+    /// Tasks to poll before the next output is handed out.
+    dirty: BTreeSet<TaskId>,
     locks: LockTable,
-    lock_owners: BTreeMap<LockRequestId, (ConnId, Token)>,
+    lock_owners: BTreeMap<LockRequestId, (TaskId, Token)>,
     writer: Writer,
     /// Paths already written to this daemon's temp-roots file.
     temp_roots_in_file: BTreeSet<StorePath>,
-    /// Source of upload and dump ids, shared with sessions.
+    /// Source of upload, dump, build, log and child ids, shared with tasks.
     ids: Rc<std::cell::Cell<u64>>,
     /// The memo of derivation modulo hashes, shared with sessions.
     drv_hashes: Rc<RefCell<task::DrvHashCache>>,
+    sched: Sched,
+    /// Children spawned and not yet reaped (exited, log closed).
+    children: BTreeMap<ChildId, Child>,
+    /// Armed alarms, by deadline, and each task's one alarm.
+    timers: BTreeSet<(Instant, TaskId)>,
+    alarms: BTreeMap<TaskId, Instant>,
     shutting_down: bool,
 }
 
 /// Why an effect is in flight.
 #[derive(Debug)]
 enum Owner {
-    Session {
-        conn: ConnId,
+    Task {
+        task: TaskId,
         token: Token,
     },
-    /// The registration batch of the writer.
+    /// The job in flight of the writer.
     Writer,
     /// The lock table's OS lock on a path.
     OsLock(StorePath),
@@ -130,11 +194,24 @@ enum Owner {
     Background,
 }
 
-/// The writer queue: registrations waiting, and the batch in flight.
+/// The writer queue: database writes waiting, and the job in flight.
 #[derive(Debug, Default)]
 struct Writer {
-    queued: VecDeque<(ConnId, Token, crate::effect::RegistrationGroup)>,
-    in_flight: Option<Vec<(ConnId, Token)>>,
+    queued: VecDeque<(TaskId, Token, WriterJob)>,
+    in_flight: Option<WriterFlight>,
+}
+
+#[derive(Debug)]
+enum WriterJob {
+    Register(crate::effect::RegistrationGroup),
+    Effect(Box<Effect>),
+}
+
+#[derive(Debug)]
+enum WriterFlight {
+    /// A registration batch, one waiter per group.
+    Batch(Vec<(TaskId, Token)>),
+    Single(TaskId, Token),
 }
 
 struct Slot {
@@ -142,17 +219,45 @@ struct Slot {
     conn: Option<Conn>,
 }
 
-struct Conn {
+/// What the machine keeps for any task.
+struct TaskState {
     shared: Rc<RefCell<Shared>>,
-    /// `None` once the session finished or was dropped.
+    /// `None` once the coroutine finished or was dropped.
     task: Option<Task>,
-    /// Effects of this connection in flight.
+    /// Effects of this task in flight.
     effects_in_flight: usize,
-    /// Lock requests of this connection, granted or waiting.
+    /// Lock requests of this task, granted or waiting.
     locks: BTreeSet<LockRequestId>,
+}
+
+struct Conn {
+    state: TaskState,
     /// The runtime was told to close, or the peer is gone.
     closed: bool,
 }
+
+struct GoalTask {
+    state: TaskState,
+    /// Children started by this goal and not yet reaped.
+    children: BTreeSet<ChildId>,
+    /// A session waiting for this goal has too much output pending: the
+    /// goal's children are not read meanwhile.
+    congested: bool,
+}
+
+#[derive(Debug)]
+struct Child {
+    goal: GoalId,
+    started: bool,
+    exited: bool,
+    closed: bool,
+    /// A kill was asked for before the child was reported started.
+    kill_asked: bool,
+}
+
+/// Bytes read at once from a child nobody listens to any more (its goal
+/// was dropped): read and thrown away, so it never blocks on its pipe.
+const CHILD_DRAIN_BYTES: usize = 64 * 1024;
 
 impl Daemon {
     /// A machine with no connections yet.
@@ -164,12 +269,14 @@ impl Daemon {
         let drv_hashes = Rc::new(RefCell::new(task::DrvHashCache::new(
             config.limits.drv_hash_cache_entries,
         )));
+        let slots = config.settings.typed().max_build_jobs as usize;
         Daemon {
             config: Rc::new(config),
             now,
             conns: Vec::new(),
             free_slots: Vec::new(),
             live_conns: 0,
+            goals: BTreeMap::new(),
             outputs: VecDeque::new(),
             effect_owners: BTreeMap::new(),
             effects_waiting: VecDeque::new(),
@@ -181,6 +288,10 @@ impl Daemon {
             temp_roots_in_file: BTreeSet::new(),
             ids: Rc::new(std::cell::Cell::new(0)),
             drv_hashes,
+            sched: Sched::new(slots),
+            children: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            alarms: BTreeMap::new(),
             shutting_down: false,
         }
     }
@@ -217,22 +328,14 @@ impl Daemon {
         };
         let id = ConnId { index, generation };
         let shared = Rc::new(RefCell::new(Shared::default()));
-        let ctx = Ctx::new(
-            shared.clone(),
-            self.config.limits.output_buffer_bytes,
-            self.ids.clone(),
-            self.drv_hashes.clone(),
-        );
+        let ctx = self.ctx(shared.clone());
         self.log(session::accepted_line(&peer));
-        let task: Task = Box::pin(session::run(ctx, self.config.clone(), peer));
+        let task: Task = Box::pin(session::run(ctx, self.config.clone(), peer, id));
         self.conns[index as usize].conn = Some(Conn {
-            shared,
-            task: Some(task),
-            effects_in_flight: 0,
-            locks: BTreeSet::new(),
+            state: TaskState::new(shared, task),
             closed: false,
         });
-        self.dirty.insert(id);
+        self.dirty.insert(TaskId::Conn(id));
         self.pump();
         Some(id)
     }
@@ -242,14 +345,14 @@ impl Daemon {
         self.advance(now);
         let limit = self.config.limits.input_buffer_bytes;
         if let Some(c) = self.conn_mut(conn) {
-            let mut s = c.shared.borrow_mut();
+            let mut s = c.state.shared.borrow_mut();
             // The runtime is told the budget; more than that is its bug, but
             // the bound is what protects memory, so it holds regardless.
             let room = limit.saturating_sub(s.input.len());
             let take = bytes.len().min(room);
             s.input.extend_from_slice(&bytes[..take]);
             drop(s);
-            self.dirty.insert(conn);
+            self.dirty.insert(TaskId::Conn(conn));
         }
         self.pump();
     }
@@ -258,8 +361,8 @@ impl Daemon {
     pub fn handle_input_closed(&mut self, now: Now, conn: ConnId) {
         self.advance(now);
         if let Some(c) = self.conn_mut(conn) {
-            c.shared.borrow_mut().input_closed = true;
-            self.dirty.insert(conn);
+            c.state.shared.borrow_mut().input_closed = true;
+            self.dirty.insert(TaskId::Conn(conn));
         }
         self.pump();
     }
@@ -268,10 +371,10 @@ impl Daemon {
     pub fn handle_written(&mut self, now: Now, conn: ConnId, bytes: usize) {
         self.advance(now);
         if let Some(c) = self.conn_mut(conn) {
-            let mut s = c.shared.borrow_mut();
+            let mut s = c.state.shared.borrow_mut();
             s.unwritten_bytes = s.unwritten_bytes.saturating_sub(bytes);
             drop(s);
-            self.dirty.insert(conn);
+            self.dirty.insert(TaskId::Conn(conn));
         }
         self.pump();
     }
@@ -285,16 +388,12 @@ impl Daemon {
         };
         self.start_waiting_effects();
         match owner {
-            Owner::Session { conn, token } => {
-                if let Some(c) = self.conn_mut(conn) {
-                    c.effects_in_flight -= 1;
-                    c.shared
-                        .borrow_mut()
-                        .completions
-                        .insert(token, Completion::Effect(result));
-                    self.dirty.insert(conn);
+            Owner::Task { task, token } => {
+                if let Some(st) = self.state_mut(task) {
+                    st.effects_in_flight -= 1;
                 }
-                self.reap_if_done(conn);
+                self.complete(task, token, Completion::Effect(result));
+                self.reap_if_done(task);
             }
             Owner::Writer => self.writer_done(result),
             Owner::OsLock(path) => {
@@ -320,15 +419,116 @@ impl Daemon {
         self.pump();
     }
 
+    /// A child asked for with `Output::Spawn` started (with its pid), or
+    /// could not be started (then nothing more is reported about it).
+    pub fn handle_child_started(
+        &mut self,
+        now: Now,
+        child: ChildId,
+        result: Result<u32, EffectError>,
+    ) {
+        self.advance(now);
+        let Some(c) = self.children.get_mut(&child) else {
+            self.log(format!("guixd bug: start of unknown child {}", child.0));
+            return;
+        };
+        c.started = true;
+        let goal = c.goal;
+        match &result {
+            Err(_) => {
+                c.exited = true;
+                c.closed = true;
+            }
+            Ok(_) => {
+                let listened = self
+                    .goals
+                    .get(&goal)
+                    .is_some_and(|g| g.state.task.is_some());
+                let c = self.children.get_mut(&child).expect("looked up above");
+                if c.kill_asked || !listened {
+                    self.outputs.push_back(Output::Kill { child });
+                }
+            }
+        }
+        self.deliver_child_event(child, ChildEvent::Started(result));
+        self.reap_child_if_done(child);
+        self.pump();
+    }
+
+    /// Bytes from a child's log (never more than `child_read_budget`).
+    pub fn handle_child_output(&mut self, now: Now, child: ChildId, bytes: &[u8]) {
+        self.advance(now);
+        if !bytes.is_empty() {
+            self.deliver_child_event(child, ChildEvent::Output(bytes.to_vec()));
+        }
+        self.pump();
+    }
+
+    /// A child's log reached end of file.
+    pub fn handle_child_output_closed(&mut self, now: Now, child: ChildId) {
+        self.advance(now);
+        if let Some(c) = self.children.get_mut(&child) {
+            c.closed = true;
+        }
+        self.deliver_child_event(child, ChildEvent::OutputClosed);
+        self.reap_child_if_done(child);
+        self.pump();
+    }
+
+    /// A child exited (or was killed).
+    pub fn handle_child_exited(&mut self, now: Now, child: ChildId, status: ExitStatus) {
+        self.advance(now);
+        if let Some(c) = self.children.get_mut(&child) {
+            c.exited = true;
+        }
+        self.deliver_child_event(child, ChildEvent::Exited(status));
+        self.reap_child_if_done(child);
+        self.pump();
+    }
+
+    /// The machine's pressure, read by the runtime every few seconds. New
+    /// builds are held back while it is above the configured thresholds
+    /// (`build-pressure-memory-max`, `build-pressure-cpu-max`, percent;
+    /// unset or 0: never).
+    pub fn handle_pressure(&mut self, now: Now, pressure: Pressure) {
+        self.advance(now);
+        let high = pressure_is_high(&self.config.settings, &pressure);
+        if high != self.sched.pressure_high() {
+            self.log(if high {
+                format!(
+                    "holding back new builds: memory pressure {}.{:02}%, cpu pressure {}.{:02}%",
+                    pressure.memory_full_avg10_centi / 100,
+                    pressure.memory_full_avg10_centi % 100,
+                    pressure.cpu_some_avg10_centi / 100,
+                    pressure.cpu_some_avg10_centi % 100
+                )
+            } else {
+                "pressure is down: starting new builds again".to_owned()
+            });
+            let actions = self.sched.set_pressure_high(high);
+            self.apply(actions);
+        }
+        self.pump();
+    }
+
     /// The deadline given by `poll_timeout` passed.
     pub fn handle_timeout(&mut self, now: Now) {
         self.advance(now);
         self.locks.handle_timeout(now.mono);
+        while let Some(&(deadline, task)) = self.timers.first() {
+            if deadline > now.mono {
+                break;
+            }
+            self.timers.pop_first();
+            self.alarms.remove(&task);
+            self.dirty.insert(task);
+        }
         self.pump();
     }
 
-    /// Stop accepting work: sessions are dropped, and the machine is done
-    /// once their effects have drained (`is_finished`).
+    /// Stop accepting work: sessions are dropped (and with them the goals
+    /// only they needed, whose builders are killed), and the machine is
+    /// done once effects and children have drained (`is_finished`).
     pub fn handle_shutdown(&mut self, now: Now) {
         self.advance(now);
         self.shutting_down = true;
@@ -341,20 +541,44 @@ impl Daemon {
 
     /// True once shutdown was asked for and nothing is left in flight.
     pub fn is_finished(&self) -> bool {
-        self.shutting_down && self.effect_owners.is_empty() && self.outputs.is_empty()
+        self.shutting_down
+            && self.effect_owners.is_empty()
+            && self.outputs.is_empty()
+            && self.children.is_empty()
+            && self.goals.is_empty()
     }
 
     /// How many more bytes of this connection's input the machine takes now.
     pub fn read_budget(&self, conn: ConnId) -> usize {
         match self.conn_ref(conn) {
-            Some(c) if c.task.is_some() => {
-                let s = c.shared.borrow();
+            Some(c) if c.state.task.is_some() => {
+                let s = c.state.shared.borrow();
                 self.config
                     .limits
                     .input_buffer_bytes
                     .saturating_sub(s.input.len())
             }
             _ => 0,
+        }
+    }
+
+    /// How many more bytes of this child's log the machine takes now.
+    pub fn child_read_budget(&self, child: ChildId) -> usize {
+        let Some(c) = self.children.get(&child) else {
+            return CHILD_DRAIN_BYTES;
+        };
+        match self.goals.get(&c.goal) {
+            Some(g) if g.state.task.is_some() => {
+                if g.congested {
+                    return 0;
+                }
+                let s = g.state.shared.borrow();
+                self.config
+                    .limits
+                    .output_buffer_bytes
+                    .saturating_sub(s.child_bytes)
+            }
+            _ => CHILD_DRAIN_BYTES,
         }
     }
 
@@ -365,7 +589,11 @@ impl Daemon {
 
     /// When to call `handle_timeout` next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.locks.poll_timeout()
+        let timer = self.timers.first().map(|&(deadline, _)| deadline);
+        match (self.locks.poll_timeout(), timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ---- internals
@@ -379,6 +607,15 @@ impl Daemon {
 
     fn log(&mut self, line: String) {
         self.outputs.push_back(Output::Log(line));
+    }
+
+    fn ctx(&self, shared: Rc<RefCell<Shared>>) -> Ctx {
+        Ctx::new(
+            shared,
+            self.config.limits.output_buffer_bytes,
+            self.ids.clone(),
+            self.drv_hashes.clone(),
+        )
     }
 
     fn live_conns(&self) -> impl Iterator<Item = ConnId> + '_ {
@@ -406,7 +643,25 @@ impl Daemon {
         slot.conn.as_mut()
     }
 
-    /// Polls dirty sessions and routes what they asked for, until nothing
+    fn state_mut(&mut self, id: TaskId) -> Option<&mut TaskState> {
+        match id {
+            TaskId::Conn(c) => self.conn_mut(c).map(|c| &mut c.state),
+            TaskId::Goal(g) => self.goals.get_mut(&g).map(|g| &mut g.state),
+        }
+    }
+
+    /// Hands `completion` to a task that still runs (and drops it
+    /// otherwise: nobody awaits it any more).
+    fn complete(&mut self, task: TaskId, token: Token, completion: Completion) {
+        if let Some(st) = self.state_mut(task) {
+            if st.task.is_some() {
+                st.shared.borrow_mut().completions.insert(token, completion);
+                self.dirty.insert(task);
+            }
+        }
+    }
+
+    /// Polls dirty tasks and routes what they asked for, until nothing
     /// changes any more.
     fn pump(&mut self) {
         loop {
@@ -414,78 +669,341 @@ impl Daemon {
             let Some(id) = self.dirty.pop_first() else {
                 break;
             };
-            self.poll_session(id);
+            self.poll_task(id);
         }
+        self.refresh_congestion();
     }
 
-    fn poll_session(&mut self, id: ConnId) {
-        let now_s = self.now.wall_s;
-        let Some(conn) = self.conn_mut(id) else {
+    fn poll_task(&mut self, id: TaskId) {
+        let now = self.now;
+        let Some(st) = self.state_mut(id) else {
             return;
         };
-        conn.shared.borrow_mut().now_s = now_s;
-        let finished = match conn.task.as_mut() {
+        {
+            let mut s = st.shared.borrow_mut();
+            s.now_s = now.wall_s;
+            s.now_mono = Some(now.mono);
+            s.alarm = None;
+        }
+        let finished = match st.task.as_mut() {
             Some(task) => task::poll_once(task).is_ready(),
-            None => false,
+            None => return,
         };
         if finished {
-            conn.task = None;
+            st.task = None;
         }
-        let (requests, output, lines) = {
-            let mut s = conn.shared.borrow_mut();
+        let (requests, output, lines, events, alarm, result) = {
+            let mut s = st.shared.borrow_mut();
             let requests = std::mem::take(&mut s.requests);
             let output = std::mem::take(&mut s.output);
             let lines = std::mem::take(&mut s.daemon_log);
+            let events = std::mem::take(&mut s.events_out);
+            let alarm = s.alarm.take();
+            let result = s.goal_result.take();
             s.unwritten_bytes += output.len();
-            (requests, output, lines)
+            (requests, output, lines, events, alarm, result)
         };
         for line in lines {
             self.log(line);
         }
-        if !output.is_empty() {
-            self.outputs.push_back(Output::Send {
-                conn: id,
-                data: output,
-            });
+        if let TaskId::Conn(conn) = id {
+            if !output.is_empty() {
+                self.outputs.push_back(Output::Send { conn, data: output });
+            }
+        }
+        self.set_alarm(id, if finished { None } else { alarm });
+        if let TaskId::Goal(goal) = id {
+            self.publish(goal, events);
         }
         for (token, request) in requests {
             self.route(id, token, request);
         }
         if finished {
-            self.drop_session(id);
+            match id {
+                TaskId::Conn(conn) => self.drop_session(conn),
+                TaskId::Goal(goal) => {
+                    let result = result.unwrap_or_else(|| {
+                        sched::GoalResult::escaped(
+                            "guixd bug: a goal ended without a result".into(),
+                        )
+                    });
+                    let actions = self.sched.finished(goal, result);
+                    self.apply(actions);
+                    self.drop_goal(goal);
+                }
+            }
         }
     }
 
-    fn route(&mut self, conn: ConnId, token: Token, request: Request) {
+    fn set_alarm(&mut self, task: TaskId, alarm: Option<Instant>) {
+        if self.alarms.get(&task).copied() == alarm {
+            return;
+        }
+        if let Some(old) = self.alarms.remove(&task) {
+            self.timers.remove(&(old, task));
+        }
+        if let Some(at) = alarm {
+            if at <= self.now.mono {
+                self.dirty.insert(task);
+            } else {
+                self.alarms.insert(task, at);
+                self.timers.insert((at, task));
+            }
+        }
+    }
+
+    fn route(&mut self, task: TaskId, token: Token, request: Request) {
         match request {
             Request::Effect(effect) => {
-                if let Some(c) = self.conn_mut(conn) {
-                    c.effects_in_flight += 1;
+                if let Some(st) = self.state_mut(task) {
+                    st.effects_in_flight += 1;
                 }
-                self.start_effect(Owner::Session { conn, token }, effect);
+                self.start_effect(Owner::Task { task, token }, effect);
             }
             Request::Lock(paths) => {
                 let lock = self.locks.acquire(paths);
-                self.lock_owners.insert(lock, (conn, token));
-                if let Some(c) = self.conn_mut(conn) {
-                    c.locks.insert(lock);
+                self.lock_owners.insert(lock, (task, token));
+                if let Some(st) = self.state_mut(task) {
+                    st.locks.insert(lock);
                 }
             }
             Request::Unlock { lock, delete } => {
                 self.lock_owners.remove(&lock.0);
-                if let Some(c) = self.conn_mut(conn) {
-                    c.locks.remove(&lock.0);
+                if let Some(st) = self.state_mut(task) {
+                    st.locks.remove(&lock.0);
                 }
                 self.locks.release(lock.0, delete);
             }
             Request::Register(group) => {
-                self.writer.queued.push_back((conn, token, group));
+                self.writer
+                    .queued
+                    .push_back((task, token, WriterJob::Register(group)));
+                self.start_writer();
+            }
+            Request::WriteDb(effect) => {
+                self.writer
+                    .queued
+                    .push_back((task, token, WriterJob::Effect(Box::new(effect))));
                 self.start_writer();
             }
             Request::TempRootFile(path) => {
                 if self.temp_roots_in_file.insert(path.clone()) {
                     self.start_effect(Owner::Background, Effect::AddTempRoot { path });
                 }
+            }
+            Request::Realise {
+                goals,
+                keep_going,
+                options,
+            } => {
+                let actions = self.sched.realise(task, token, goals, keep_going, &options);
+                self.apply(actions);
+                if let TaskId::Conn(conn) = task {
+                    self.replay_started(conn);
+                }
+            }
+            Request::Slot(request) => {
+                if let TaskId::Goal(goal) = task {
+                    let actions = self.sched.request_slot(goal, token, request);
+                    self.apply(actions);
+                    if self.sched.waits_for_slot(goal) && self.sched.waits_for_others(goal) {
+                        self.notice_waiting(goal);
+                    }
+                }
+            }
+            Request::ReleaseSlot => {
+                if let TaskId::Goal(goal) = task {
+                    let actions = self.sched.release_slot(goal, token);
+                    self.apply(actions);
+                }
+            }
+            Request::Spawn { child, build } => {
+                let TaskId::Goal(goal) = task else {
+                    return;
+                };
+                self.children.insert(
+                    child,
+                    Child {
+                        goal,
+                        started: false,
+                        exited: false,
+                        closed: false,
+                        kill_asked: false,
+                    },
+                );
+                if let Some(g) = self.goals.get_mut(&goal) {
+                    g.children.insert(child);
+                }
+                self.outputs.push_back(Output::Spawn { child, build });
+            }
+            Request::Kill { child } => self.kill_child(child),
+        }
+    }
+
+    /// Says once per goal that it waits for builds of other sessions (the
+    /// text the C++ daemon prints when it waits for other processes).
+    fn notice_waiting(&mut self, goal: GoalId) {
+        let Some(g) = self.goals.get(&goal) else {
+            return;
+        };
+        if std::mem::replace(&mut g.state.shared.borrow_mut().waiting_noticed, true) {
+            return;
+        }
+        self.publish(
+            goal,
+            vec![report::BuildEvent::Message {
+                level: report::Level::Error,
+                text: "waiting for locks or build slots...".to_owned(),
+                nest: None,
+            }],
+        );
+    }
+
+    fn kill_child(&mut self, child: ChildId) {
+        let Some(c) = self.children.get_mut(&child) else {
+            return;
+        };
+        if !c.started {
+            c.kill_asked = true;
+        } else if !c.exited {
+            self.outputs.push_back(Output::Kill { child });
+        }
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Start { goal, key, options } => self.start_goal(goal, key, options),
+                Action::Cancel(goal) => self.drop_goal(goal),
+                Action::Complete {
+                    task,
+                    token,
+                    completion,
+                } => self.complete(task, token, completion),
+            }
+        }
+    }
+
+    fn start_goal(&mut self, goal: GoalId, key: GoalKey, options: Rc<sched::BuildOptions>) {
+        let shared = Rc::new(RefCell::new(Shared::default()));
+        let ctx = self.ctx(shared.clone());
+        let task: Task = Box::pin(goal::run(ctx, self.config.clone(), goal, key, options));
+        self.goals.insert(
+            goal,
+            GoalTask {
+                state: TaskState::new(shared, task),
+                children: BTreeSet::new(),
+                congested: false,
+            },
+        );
+        self.dirty.insert(TaskId::Goal(goal));
+    }
+
+    /// A session that comes to wait for builders already running gets their
+    /// start traces, as if it had been there.
+    fn replay_started(&mut self, conn: ConnId) {
+        let running: Vec<(GoalId, report::BuildEvent)> = self
+            .goals
+            .iter()
+            .filter_map(|(id, g)| {
+                let trace = g.state.shared.borrow().started_trace.clone()?;
+                Some((*id, trace))
+            })
+            .collect();
+        for (goal, trace) in running {
+            if !self.sched.audience(goal).contains(&conn) {
+                continue;
+            }
+            if let Some(c) = self.conn_mut(conn) {
+                let mut s = c.state.shared.borrow_mut();
+                s.build_event_bytes += trace.weight_bytes();
+                s.build_events.push_back(Rc::new(trace));
+            }
+        }
+    }
+
+    /// Hands a goal's events to every session waiting for it.
+    fn publish(&mut self, goal: GoalId, events: Vec<report::BuildEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let audience = self.sched.audience(goal);
+        let events: Vec<Rc<report::BuildEvent>> = events.into_iter().map(Rc::new).collect();
+        for &conn in audience.iter() {
+            let Some(c) = self.conn_mut(conn) else {
+                continue;
+            };
+            if c.state.task.is_none() {
+                continue;
+            }
+            {
+                let mut s = c.state.shared.borrow_mut();
+                for e in &events {
+                    s.build_event_bytes += e.weight_bytes();
+                    s.build_events.push_back(e.clone());
+                }
+            }
+            self.dirty.insert(TaskId::Conn(conn));
+        }
+    }
+
+    fn deliver_child_event(&mut self, child: ChildId, event: ChildEvent) {
+        let Some(goal) = self.children.get(&child).map(|c| c.goal) else {
+            return;
+        };
+        let Some(g) = self.goals.get_mut(&goal) else {
+            return;
+        };
+        if g.state.task.is_none() {
+            return;
+        }
+        {
+            let mut s = g.state.shared.borrow_mut();
+            if let ChildEvent::Output(data) = &event {
+                s.child_bytes += data.len();
+            }
+            s.child_events.push_back((child, event));
+        }
+        self.dirty.insert(TaskId::Goal(goal));
+    }
+
+    fn reap_child_if_done(&mut self, child: ChildId) {
+        let Some(c) = self.children.get(&child) else {
+            return;
+        };
+        if !(c.started && c.exited && c.closed) {
+            return;
+        }
+        let goal = c.goal;
+        self.children.remove(&child);
+        if let Some(g) = self.goals.get_mut(&goal) {
+            g.children.remove(&child);
+        }
+        self.reap_if_done(TaskId::Goal(goal));
+    }
+
+    /// Whether each goal with a child has a waiting session that cannot
+    /// take more output: its children are then not read, so a slow client
+    /// slows the builder down instead of filling memory.
+    fn refresh_congestion(&mut self) {
+        let limit = self.config.limits.output_buffer_bytes;
+        let busy: Vec<GoalId> = self
+            .goals
+            .iter()
+            .filter(|(_, g)| !g.children.is_empty() || g.congested)
+            .map(|(id, _)| *id)
+            .collect();
+        for goal in busy {
+            let audience = self.sched.audience(goal);
+            let congested = audience.iter().any(|&conn| {
+                self.conn_ref(conn).is_some_and(|c| {
+                    let s = c.state.shared.borrow();
+                    c.state.task.is_some()
+                        && s.build_event_bytes + s.output.len() + s.unwritten_bytes >= limit
+                })
+            });
+            if let Some(g) = self.goals.get_mut(&goal) {
+                g.congested = congested;
             }
         }
     }
@@ -494,14 +1012,8 @@ impl Daemon {
         while let Some(event) = self.locks.poll_event() {
             match event {
                 LockEvent::Granted(lock) => {
-                    if let Some((conn, token)) = self.lock_owners.get(&lock).copied() {
-                        if let Some(c) = self.conn_mut(conn) {
-                            c.shared
-                                .borrow_mut()
-                                .completions
-                                .insert(token, Completion::Locked(task::LockHandle(lock)));
-                            self.dirty.insert(conn);
-                        }
+                    if let Some((task, token)) = self.lock_owners.get(&lock).copied() {
+                        self.complete(task, token, Completion::Locked(task::LockHandle(lock)));
                     }
                 }
                 LockEvent::NeedOsLock(path) => {
@@ -553,85 +1065,189 @@ impl Daemon {
     }
 
     fn start_writer(&mut self) {
-        if self.writer.in_flight.is_some() || self.writer.queued.is_empty() {
+        if self.writer.in_flight.is_some() {
             return;
         }
-        let n = self
-            .writer
-            .queued
-            .len()
-            .min(self.config.limits.registration_batch_max);
-        let mut waiters = Vec::with_capacity(n);
-        let mut groups = Vec::with_capacity(n);
-        for (conn, token, group) in self.writer.queued.drain(..n) {
-            waiters.push((conn, token));
+        let Some((_, _, front)) = self.writer.queued.front() else {
+            return;
+        };
+        if matches!(front, WriterJob::Effect(_)) {
+            let Some((task, token, WriterJob::Effect(effect))) = self.writer.queued.pop_front()
+            else {
+                return;
+            };
+            self.writer.in_flight = Some(WriterFlight::Single(task, token));
+            self.start_effect(Owner::Writer, *effect);
+            return;
+        }
+        let max = self.config.limits.registration_batch_max.max(1);
+        let mut waiters = Vec::new();
+        let mut groups = Vec::new();
+        while waiters.len() < max {
+            match self.writer.queued.front() {
+                Some((_, _, WriterJob::Register(_))) => {}
+                _ => break,
+            }
+            let Some((task, token, WriterJob::Register(group))) = self.writer.queued.pop_front()
+            else {
+                break;
+            };
+            waiters.push((task, token));
             groups.push(group);
         }
-        self.writer.in_flight = Some(waiters);
+        self.writer.in_flight = Some(WriterFlight::Batch(waiters));
         self.start_effect(Owner::Writer, Effect::Register { groups });
     }
 
     fn writer_done(&mut self, result: EffectResult) {
-        let waiters = self.writer.in_flight.take().unwrap_or_default();
-        let results: Vec<Result<(), EffectError>> = match result {
-            Ok(EffectOutput::Registered(r)) if r.len() == waiters.len() => r,
-            Ok(other) => {
-                let e = EffectError::new(
-                    EffectErrorKind::Database,
-                    format!("guixd bug: registration answered with {other:?}"),
-                );
-                vec![Err(e); waiters.len()]
+        match self.writer.in_flight.take() {
+            Some(WriterFlight::Single(task, token)) => {
+                self.complete(task, token, Completion::Effect(result));
             }
-            Err(e) => vec![Err(e); waiters.len()],
-        };
-        for ((conn, token), r) in waiters.into_iter().zip(results) {
-            if let Some(c) = self.conn_mut(conn) {
-                c.shared
-                    .borrow_mut()
-                    .completions
-                    .insert(token, Completion::Registered(r));
-                self.dirty.insert(conn);
+            Some(WriterFlight::Batch(waiters)) => {
+                let results: Vec<Result<(), EffectError>> = match result {
+                    Ok(EffectOutput::Registered(r)) if r.len() == waiters.len() => r,
+                    Ok(other) => {
+                        let e = EffectError::new(
+                            EffectErrorKind::Database,
+                            format!("guixd bug: registration answered with {other:?}"),
+                        );
+                        vec![Err(e); waiters.len()]
+                    }
+                    Err(e) => vec![Err(e); waiters.len()],
+                };
+                for ((task, token), r) in waiters.into_iter().zip(results) {
+                    self.complete(task, token, Completion::Registered(r));
+                }
             }
+            None => {}
         }
         self.start_writer();
     }
 
-    /// Stops a session: its coroutine is dropped, its waiting
-    /// registrations and locks are withdrawn, and the slot is freed once its
-    /// effects have drained.
-    fn drop_session(&mut self, id: ConnId) {
-        let Some(conn) = self.conn_mut(id) else {
+    /// Stops a task's coroutine and withdraws what it asked for: waiting
+    /// writes and locks, its alarm.
+    fn stop_task(&mut self, id: TaskId) {
+        let Some(st) = self.state_mut(id) else {
             return;
         };
-        conn.task = None;
-        let locks = std::mem::take(&mut conn.locks);
-        let already_closed = std::mem::replace(&mut conn.closed, true);
+        st.task = None;
+        let locks = std::mem::take(&mut st.locks);
         for lock in locks {
             self.lock_owners.remove(&lock);
             self.locks.cancel(lock);
         }
-        self.writer.queued.retain(|(c, _, _)| *c != id);
+        self.writer.queued.retain(|(t, _, _)| *t != id);
+        self.set_alarm(id, None);
+    }
+
+    /// Stops a session: its coroutine is dropped, its waiting
+    /// registrations, locks and build requests are withdrawn, and the slot
+    /// is freed once its effects have drained.
+    fn drop_session(&mut self, id: ConnId) {
+        if self.conn_ref(id).is_none() {
+            return;
+        }
+        self.stop_task(TaskId::Conn(id));
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let already_closed = std::mem::replace(&mut conn.closed, true);
         if !already_closed {
             self.outputs.push_back(Output::Close { conn: id });
         }
-        self.reap_if_done(id);
+        let actions = self.sched.task_gone(TaskId::Conn(id));
+        self.apply(actions);
+        self.reap_if_done(TaskId::Conn(id));
     }
 
-    fn reap_if_done(&mut self, id: ConnId) {
-        let Some(conn) = self.conn_ref(id) else {
-            return;
-        };
-        if conn.task.is_some() || conn.effects_in_flight > 0 {
+    /// Stops a goal (finished, or cancelled because nobody needs it): its
+    /// children are killed, and it is reaped once they and its effects are
+    /// gone.
+    fn drop_goal(&mut self, goal: GoalId) {
+        if !self.goals.contains_key(&goal) {
             return;
         }
-        let leftovers = session::leftovers(&conn.shared.borrow());
-        for effect in leftovers {
-            self.start_effect(Owner::Background, effect);
+        self.stop_task(TaskId::Goal(goal));
+        let children: Vec<ChildId> = self
+            .goals
+            .get(&goal)
+            .map(|g| g.children.iter().copied().collect())
+            .unwrap_or_default();
+        for child in children {
+            self.kill_child(child);
         }
-        let slot = &mut self.conns[id.index as usize];
-        slot.conn = None;
-        self.free_slots.push(id.index);
-        self.live_conns -= 1;
+        // A cancelled goal may still be registered; a finished one no
+        // longer is, and then this does nothing.
+        let actions = self.sched.task_gone(TaskId::Goal(goal));
+        self.apply(actions);
+        self.reap_if_done(TaskId::Goal(goal));
+    }
+
+    fn reap_if_done(&mut self, id: TaskId) {
+        match id {
+            TaskId::Conn(conn) => {
+                let Some(c) = self.conn_ref(conn) else {
+                    return;
+                };
+                if c.state.task.is_some() || c.state.effects_in_flight > 0 {
+                    return;
+                }
+                let leftovers = session::leftovers(&c.state.shared.borrow());
+                for effect in leftovers {
+                    self.start_effect(Owner::Background, effect);
+                }
+                let slot = &mut self.conns[conn.index as usize];
+                slot.conn = None;
+                self.free_slots.push(conn.index);
+                self.live_conns -= 1;
+            }
+            TaskId::Goal(goal) => {
+                let Some(g) = self.goals.get(&goal) else {
+                    return;
+                };
+                if g.state.task.is_some() || g.state.effects_in_flight > 0 || !g.children.is_empty()
+                {
+                    return;
+                }
+                let leftovers = goal::leftovers(&g.state.shared.borrow());
+                for effect in leftovers {
+                    self.start_effect(Owner::Background, effect);
+                }
+                self.goals.remove(&goal);
+            }
+        }
         self.dirty.remove(&id);
+        self.set_alarm(id, None);
     }
 }
+
+impl TaskState {
+    fn new(shared: Rc<RefCell<Shared>>, task: Task) -> TaskState {
+        TaskState {
+            shared,
+            task: Some(task),
+            effects_in_flight: 0,
+            locks: BTreeSet::new(),
+        }
+    }
+}
+
+/// Whether `pressure` is above the thresholds in `settings`
+/// (`build-pressure-memory-max` against memory "full", and
+/// `build-pressure-cpu-max` against cpu "some", both in percent; unset,
+/// unparsable or 0 turn a check off).
+fn pressure_is_high(settings: &crate::settings::Settings, pressure: &Pressure) -> bool {
+    let threshold = |name: &str| -> Option<u32> {
+        let percent: f64 = settings.raw(name)?.trim().parse().ok()?;
+        (percent > 0.0).then(|| (percent * 100.0).round() as u32)
+    };
+    let memory = threshold("build-pressure-memory-max")
+        .is_some_and(|t| pressure.memory_full_avg10_centi >= t);
+    let cpu =
+        threshold("build-pressure-cpu-max").is_some_and(|t| pressure.cpu_some_avg10_centi >= t);
+    memory || cpu
+}
+
+#[cfg(test)]
+mod tests;

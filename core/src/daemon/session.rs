@@ -14,8 +14,12 @@
 //!   goes away leaves at most invalid leftovers, which the machine cleans
 //!   up through `leftovers`.
 
-use super::task::{Ctx, Disconnected, LockHandle, Shared};
-use super::{Peer, PeerKind};
+use super::report::{self, Level, LogType, ReportOptions};
+use super::sched::{BuildMode, BuildOptions, GoalExit, GoalKey, GoalResult};
+use super::task::{
+    Completion, Ctx, Disconnected, LockHandle, Request as TaskRequest, SessionWake, Shared,
+};
+use super::{ConnId, Peer, PeerKind};
 use crate::config::Config;
 use crate::derivation::{self, Derivation};
 use crate::effect::{
@@ -30,18 +34,6 @@ use crate::store_path::{StoreDir, StorePath};
 use crate::wire::{self, HelloDecoder, HelloEvent, Op, Reply, Request, RequestDecoder, WireError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
-
-/// Verbosity levels of the daemon's messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-#[allow(dead_code)]
-pub(crate) enum Level {
-    Error = 0,
-    Info = 1,
-    Talkative = 2,
-    Chatty = 3,
-    Debug = 4,
-    Vomit = 5,
-}
 
 /// The line the daemon logs when it accepts a connection.
 pub(crate) fn accepted_line(peer: &Peer) -> String {
@@ -66,8 +58,8 @@ pub(crate) fn leftovers(shared: &Shared) -> Vec<Effect> {
 }
 
 /// Serves one connection until the client leaves or the session must end.
-pub(crate) async fn run(ctx: Ctx, config: Rc<Config>, peer: Peer) {
-    let mut session = Session::new(ctx, config, peer);
+pub(crate) async fn run(ctx: Ctx, config: Rc<Config>, peer: Peer, conn: ConnId) {
+    let mut session = Session::new(ctx, config, peer, conn);
     match session.serve().await {
         Ok(()) | Err(End::Disconnected) => {}
         Err(End::Fatal(message)) => session
@@ -128,6 +120,7 @@ struct Session {
     ctx: Ctx,
     config: Rc<Config>,
     peer: Peer,
+    conn: ConnId,
     store: StoreDir,
     /// Unix peers with uid 0 or the daemon's uid.
     trusted: bool,
@@ -135,12 +128,16 @@ struct Session {
     settings: Settings,
     verbosity: u32,
     build_verbosity: u32,
+    keep_failed: bool,
+    keep_going: bool,
+    log_type: LogType,
+    print_build_trace: bool,
     /// Between `start_work` and `stop_work`: messages go to the client.
     working: bool,
 }
 
 impl Session {
-    fn new(ctx: Ctx, config: Rc<Config>, peer: Peer) -> Session {
+    fn new(ctx: Ctx, config: Rc<Config>, peer: Peer, conn: ConnId) -> Session {
         let trusted = match peer.kind {
             PeerKind::Unix { uid, .. } => uid == 0 || uid == config.daemon_uid,
             PeerKind::Tcp { .. } => false,
@@ -150,9 +147,14 @@ impl Session {
             settings: config.settings.clone(),
             verbosity: config.verbosity,
             build_verbosity: 0,
+            keep_failed: false,
+            keep_going: false,
+            log_type: LogType::Pretty,
+            print_build_trace: false,
             ctx,
             config,
             peer,
+            conn,
             trusted,
             client_version: 0,
             working: false,
@@ -536,16 +538,7 @@ impl Session {
             R::EnsurePath { path } => {
                 let path = self.store_path(&path)?;
                 self.start_work();
-                let r = async {
-                    if self.is_valid(&path).await? {
-                        Ok(())
-                    } else {
-                        Err(OpError::new(format!(
-                            "path `{path}' does not exist and cannot be created"
-                        )))
-                    }
-                }
-                .await;
+                let r = self.ensure_path(path).await?;
                 self.finish(r, |()| Reply::EnsurePath);
             }
             R::BuildPaths { things, mode } => {
@@ -553,10 +546,7 @@ impl Session {
                     return self.fatal("repairing is a privileged operation");
                 }
                 self.start_work();
-                let r: OpResult<()> = Err(OpError::new(format!(
-                    "building is not supported by this guixd yet (asked for: {})",
-                    things.join(" ")
-                )));
+                let r = self.build_paths(things, BuildMode::from_wire(mode)).await?;
                 self.finish(r, |()| Reply::BuildPaths);
             }
             R::CollectGarbage(_) | R::FindRoots | R::OptimiseStore | R::VerifyStore { .. } => {
@@ -568,6 +558,189 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    // ---- builds
+
+    /// Build-things (op 9): one goal per derivation (with the outputs
+    /// asked for) or path, shared with every other session that needs it.
+    async fn build_paths(
+        &mut self,
+        things: Vec<String>,
+        mode: BuildMode,
+    ) -> Result<OpResult<()>, End> {
+        // The daemon reads the list into a sorted set.
+        let things: BTreeSet<String> = things.into_iter().collect();
+        let mut keys = Vec::with_capacity(things.len());
+        for thing in &things {
+            let (path, outputs) = match thing.split_once('!') {
+                Some((p, o)) => (
+                    p,
+                    o.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                ),
+                None => (thing.as_str(), BTreeSet::new()),
+            };
+            let key = if path.ends_with(".drv") {
+                match self.store.parse_path(path) {
+                    Ok(drv) => GoalKey::Derivation { drv, outputs, mode },
+                    Err(e) => return Ok(Err(e.into())),
+                }
+            } else {
+                match self.store.parse_path(thing) {
+                    Ok(p) => GoalKey::Substitute(p),
+                    Err(e) => return Ok(Err(e.into())),
+                }
+            };
+            keys.push(key);
+        }
+        let report = self.report_options();
+        if let Some(line) = report.message(
+            Level::Debug,
+            0,
+            &format!(
+                "building {}",
+                report::show_paths(things.iter().map(String::as_str))
+            ),
+        ) {
+            self.send_next(&line);
+        }
+        if let Some(line) = report.message(Level::Debug, 1, "entered goal loop") {
+            self.send_next(&line);
+        }
+        let results = self.realise(keys.clone(), self.keep_going).await?;
+        let mut failed = BTreeSet::new();
+        let (mut timed_out, mut permanent) = (false, false);
+        for (key, result) in keys.iter().zip(&results) {
+            let Some(r) = result else {
+                continue;
+            };
+            if let Some(message) = &r.escaped {
+                return Ok(Err(OpError::new(message.clone())));
+            }
+            timed_out |= r.timed_out;
+            permanent |= r.permanent;
+            if r.exit == GoalExit::Failed {
+                failed.insert(key.path().as_str().to_owned());
+            }
+            // Like the C++ goals, protect what was realised for the rest
+            // of the session.
+            if let GoalKey::Derivation { drv, .. } = key {
+                self.ctx.add_temp_root(drv);
+            }
+            for out in r.outputs.values() {
+                self.ctx.add_temp_root(out);
+            }
+        }
+        if failed.is_empty() {
+            return Ok(Ok(()));
+        }
+        Ok(Err(OpError {
+            message: format!(
+                "build of {} failed",
+                report::show_paths(failed.iter().map(String::as_str))
+            ),
+            status: failure_status(timed_out, permanent),
+        }))
+    }
+
+    /// Ensure-path (op 10): valid, or made valid by substitution.
+    async fn ensure_path(&mut self, path: StorePath) -> Result<OpResult<()>, End> {
+        match self.is_valid(&path).await {
+            Ok(true) => return Ok(Ok(())),
+            Ok(false) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+        let results = self
+            .realise(vec![GoalKey::Substitute(path.clone())], false)
+            .await?;
+        match results.into_iter().next().flatten() {
+            Some(r) if r.exit == GoalExit::Success => Ok(Ok(())),
+            Some(GoalResult {
+                escaped: Some(message),
+                ..
+            }) => Ok(Err(OpError::new(message))),
+            r => {
+                let (timed_out, permanent) =
+                    r.map_or((false, false), |r| (r.timed_out, r.permanent));
+                Ok(Err(OpError {
+                    message: format!("path `{path}' does not exist and cannot be created"),
+                    status: failure_status(timed_out, permanent),
+                }))
+            }
+        }
+    }
+
+    /// Waits for goals, sending their messages, traces and builder output
+    /// to the client as they come (as far as its output room allows).
+    async fn realise(
+        &mut self,
+        goals: Vec<GoalKey>,
+        keep_going: bool,
+    ) -> Result<Vec<Option<GoalResult>>, End> {
+        while self.ctx.take_build_event().is_some() {}
+        let token = self.ctx.start(TaskRequest::Realise {
+            goals,
+            keep_going,
+            options: self.build_options(),
+        });
+        let report = self.report_options();
+        loop {
+            match self.ctx.wait_session_event(token).await {
+                SessionWake::Event => {
+                    if let Some(event) = self.ctx.take_build_event() {
+                        if let Some(frame) = report.frame(&event) {
+                            self.ctx.send(&frame);
+                        }
+                    }
+                }
+                SessionWake::Completed(Completion::Realised(results)) => return Ok(results),
+                SessionWake::Completed(other) => {
+                    return Err(End::Fatal(format!(
+                        "guixd bug: a build request completed with {other:?}"
+                    )));
+                }
+                // The C++ daemon interrupts the work of a client that hung
+                // up; the machine withdraws the request when the session
+                // ends, and goals nobody else needs stop.
+                SessionWake::Disconnected => return Err(End::Disconnected),
+            }
+        }
+    }
+
+    /// The options goals created for this session's requests run with.
+    fn build_options(&self) -> Rc<BuildOptions> {
+        let client_uid = match self.peer.kind {
+            PeerKind::Unix { uid, .. } => Some(uid),
+            PeerKind::Tcp { .. } => None,
+        };
+        Rc::new(BuildOptions {
+            owner: Some(self.conn),
+            settings: Rc::new(self.settings.clone()),
+            keep_failed: self.keep_failed,
+            keep_going: self.keep_going,
+            client_uid,
+        })
+    }
+
+    /// How this client wants build events shown.
+    fn report_options(&self) -> ReportOptions {
+        ReportOptions {
+            verbosity: self.verbosity,
+            build_verbosity: self.build_verbosity,
+            print_build_trace: self.print_build_trace,
+            multiplexed: self.settings.typed().multiplexed_build_output,
+            log_type: self.log_type,
+        }
+    }
+
+    /// Sends one line of log text as a `STDERR_NEXT` frame.
+    fn send_next(&mut self, text: &[u8]) {
+        let mut out = Vec::new();
+        wire::write_stderr_next(&mut out, text);
+        self.ctx.send(&out);
     }
 
     // ---- pieces shared by operations
@@ -934,6 +1107,18 @@ impl Session {
             )?;
             self.install_upload(upload, &path, measured, BTreeSet::new(), None, Vec::new())
                 .await?;
+            if !recursive {
+                // A flat item is what a fixed-output derivation may reuse
+                // later; the index is an optimisation, so a failure is only
+                // logged.
+                let index = Effect::IndexFlatContent {
+                    path: path.clone(),
+                    hash: measured.content_hash,
+                };
+                if let Err(e) = self.ctx.write_db(index).await {
+                    self.ctx.log_daemon(format!("error: {}", e.message));
+                }
+            }
             Ok(path)
         }
         .await;
@@ -1382,6 +1567,15 @@ impl Session {
             if o.try_fallback { "true" } else { "false" },
         );
         self.verbosity = o.verbosity;
+        // Kept build trees are handed to local users only.
+        self.keep_failed = o.keep_failed && !self.is_remote();
+        self.keep_going = o.keep_going;
+        if let Some(t) = o.log_type {
+            self.log_type = LogType::from_wire(t);
+        }
+        if let Some(b) = o.print_build_trace {
+            self.print_build_trace = b;
+        }
         if let Some(n) = o.max_build_jobs {
             settings.set("build-max-jobs", &n.to_string());
         }
@@ -1430,6 +1624,18 @@ impl Session {
         }
         self.finish(Ok(()), |()| Reply::SetOptions);
         Ok(())
+    }
+}
+
+/// The status of a failed build request (spec 01 §4): 101 if anything
+/// timed out, else 100 if anything failed permanently, else 1.
+fn failure_status(timed_out: bool, permanent: bool) -> u32 {
+    if timed_out {
+        101
+    } else if permanent {
+        100
+    } else {
+        1
     }
 }
 

@@ -1,14 +1,23 @@
-//! Sessions as coroutines: how a session's sequential code asks the machine
-//! for effects, locks and input without ever doing I/O itself.
+//! Tasks as coroutines: how a session's or a goal's sequential code asks
+//! the machine for effects, locks, input, timers and children without ever
+//! doing I/O itself.
 //!
-//! A session is one `async` function per connection, polled by the
-//! [`Daemon`](super::Daemon) with a no-op waker — there is no executor,
-//! no thread and no timer behind it. "Awaiting" only means "park until the
-//! machine delivers something": the session pushes a [`Request`] into its
+//! A task is one `async` function — a session per connection, or a goal
+//! per derivation or path being realised — polled by the
+//! [`Daemon`](super::Daemon) with a no-op waker: there is no executor, no
+//! thread and no timer behind it. "Awaiting" only means "park until the
+//! machine delivers something": the task pushes a [`Request`] into its
 //! [`Shared`] mailbox and awaits a [`Completion`] for the token it was given;
 //! the machine drains the mailbox after each poll, turns requests into
-//! outputs (effects, lock requests, registrations), and re-polls the session
-//! when a completion, input bytes or output room arrive.
+//! outputs (effects, lock requests, registrations, spawns), and re-polls the
+//! task when a completion, input bytes, output room, child events, build
+//! events or its alarm arrive. Both kinds of task use the same mailbox; the
+//! fields one kind does not use stay empty.
+//!
+//! Timers are alarms: during a poll, every wait with a deadline lowers the
+//! mailbox's `alarm` to its deadline; the machine clears the alarm before
+//! each poll and arms its timer table from what the poll left. A wait that
+//! is no longer polled (the task moved on) so leaves no stale timer behind.
 //!
 //! Keeps true:
 //! - the mailbox is the only state shared between a session and the machine
@@ -19,15 +28,28 @@
 //!   it stops producing output while `output` plus the bytes the runtime has
 //!   not yet written exceed the configured bound.
 
+use super::report::BuildEvent;
+use super::sched::{BuildOptions, GoalId, GoalKey, GoalResult, SlotRequest};
+use super::{ConnId, ExitStatus};
+use crate::build_plan::{BuildId, ChildId, LogId};
 use crate::effect::{DumpId, Effect, EffectError, EffectResult, RegistrationGroup, UploadId};
 use crate::store_path::StorePath;
 use std::cell::Cell;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// A task, as the machine routes to it: a session (by its connection) or
+/// a goal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum TaskId {
+    Conn(ConnId),
+    Goal(GoalId),
+}
 
 /// One pending ask from a session to the machine.
 #[derive(Debug)]
@@ -45,6 +67,30 @@ pub(crate) enum Request {
     /// Record a temporary root in the daemon's temp-roots file (for other
     /// processes); no completion.
     TempRootFile(StorePath),
+    /// A database write other than a registration (failed paths), run
+    /// through the writer queue; completes with `Effect`.
+    WriteDb(Effect),
+    /// Wait for these goals (created if needed); completes with
+    /// `Realised`.
+    Realise {
+        goals: Vec<GoalKey>,
+        keep_going: bool,
+        options: Rc<BuildOptions>,
+    },
+    /// A build slot for this goal; completes with `Slot`.
+    Slot(SlotRequest),
+    /// Gives the goal's build slot back; completes with `SlotReleased`.
+    ReleaseSlot,
+    /// Start the prepared build `build` as child `child`; its events
+    /// arrive in `child_events`. No completion.
+    Spawn {
+        child: ChildId,
+        build: BuildId,
+    },
+    /// Kill a child (SIGKILL); its exit still arrives. No completion.
+    Kill {
+        child: ChildId,
+    },
 }
 
 /// What the machine answers to a [`Request`].
@@ -53,6 +99,25 @@ pub(crate) enum Completion {
     Effect(EffectResult),
     Locked(LockHandle),
     Registered(Result<(), EffectError>),
+    /// One result per goal asked for, `None` for those no longer waited for.
+    Realised(Vec<Option<GoalResult>>),
+    Slot,
+    /// The most other builds that ran beside the released one.
+    SlotReleased {
+        others_max: usize,
+    },
+}
+
+/// What the runtime reported about a child.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ChildEvent {
+    /// The builder runs with this pid, or could not be started.
+    Started(Result<u32, EffectError>),
+    /// Bytes from its log pipe.
+    Output(Vec<u8>),
+    /// Its log pipe reached end of file.
+    OutputClosed,
+    Exited(ExitStatus),
 }
 
 /// A granted lock, to be given back with [`Ctx::unlock`].
@@ -88,6 +153,32 @@ pub(crate) struct Shared {
     pub daemon_log: Vec<String>,
     /// Wall-clock seconds at the latest input, set by the machine.
     pub now_s: u64,
+    /// Monotonic time at the latest input, set by the machine before
+    /// every poll.
+    pub now_mono: Option<Instant>,
+    /// The earliest deadline a wait asked for during the latest poll.
+    pub alarm: Option<Instant>,
+    /// Goals: what the runtime reported about the goal's children.
+    pub child_events: VecDeque<(ChildId, ChildEvent)>,
+    /// Goals: bytes of child output in `child_events`.
+    pub child_bytes: usize,
+    /// Goals: events for the sessions that wait for the goal.
+    pub events_out: Vec<BuildEvent>,
+    /// Goals: the result, once the goal's coroutine returned.
+    pub goal_result: Option<GoalResult>,
+    /// Goals: builds prepared (or being prepared) and not finished, logs
+    /// open, children not yet reaped: what a dropped goal leaves to clean.
+    pub builds: BTreeSet<BuildId>,
+    pub logs: BTreeSet<LogId>,
+    /// Sessions: events of the goals this session waits for, not yet
+    /// formatted, and what they weigh.
+    pub build_events: VecDeque<Rc<BuildEvent>>,
+    pub build_event_bytes: usize,
+    /// `waiting for locks or build slots...` was said for this goal.
+    pub waiting_noticed: bool,
+    /// Goals: the `@ build-started` trace of the builder running now, for
+    /// sessions that come to wait for the goal later.
+    pub started_trace: Option<BuildEvent>,
     next_token: u64,
 }
 
@@ -168,6 +259,25 @@ impl DrvHashCache {
     }
 }
 
+/// What woke a goal waiting with [`Ctx::wait_goal_event`].
+#[derive(Debug)]
+pub(crate) enum GoalEvent {
+    Child(ChildId, ChildEvent),
+    Completed(Token, Completion),
+    Deadline,
+}
+
+/// What woke a session waiting for a build.
+#[derive(Debug)]
+pub(crate) enum SessionWake {
+    /// A build event can be formatted and sent (there is output room).
+    Event,
+    /// The request completed, and every event before it was taken.
+    Completed(Completion),
+    /// The client went away.
+    Disconnected,
+}
+
 /// The client went away while the session waited for its bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Disconnected;
@@ -195,6 +305,182 @@ impl Ctx {
     /// Wall-clock seconds, as of the machine's latest input.
     pub(crate) fn now_s(&self) -> u64 {
         self.shared.borrow().now_s
+    }
+
+    /// Monotonic time, as of the machine's latest input.
+    pub(crate) fn now_mono(&self) -> Option<Instant> {
+        self.shared.borrow().now_mono
+    }
+
+    /// A fresh id for a build, a log or a child.
+    pub(crate) fn fresh_id(&self) -> u64 {
+        self.next_id()
+    }
+
+    /// Pushes a request without waiting; its completion is looked for with
+    /// [`Ctx::wait_goal_event`] or [`Ctx::wait_session_event`].
+    pub(crate) fn start(&self, request: Request) -> Token {
+        self.shared.borrow_mut().push(request)
+    }
+
+    /// Waits for the goals `keys` and returns their results in order.
+    pub(crate) async fn realise(
+        &self,
+        goals: Vec<GoalKey>,
+        keep_going: bool,
+        options: Rc<BuildOptions>,
+    ) -> Vec<Option<GoalResult>> {
+        match self
+            .ask(Request::Realise {
+                goals,
+                keep_going,
+                options,
+            })
+            .await
+        {
+            Completion::Realised(r) => r,
+            other => unreachable_completion(other),
+        }
+    }
+
+    /// Waits for a build slot.
+    pub(crate) async fn slot(&self, request: SlotRequest) {
+        match self.ask(Request::Slot(request)).await {
+            Completion::Slot => {}
+            other => unreachable_completion(other),
+        }
+    }
+
+    /// Gives the build slot back; returns how many other builds ran beside
+    /// this one at most.
+    pub(crate) async fn release_slot(&self) -> usize {
+        match self.ask(Request::ReleaseSlot).await {
+            Completion::SlotReleased { others_max } => others_max,
+            other => unreachable_completion(other),
+        }
+    }
+
+    /// Runs a database write through the writer queue.
+    pub(crate) async fn write_db(&self, effect: Effect) -> EffectResult {
+        match self.ask(Request::WriteDb(effect)).await {
+            Completion::Effect(r) => r,
+            other => unreachable_completion(other),
+        }
+    }
+
+    /// Starts the prepared build `build` as `child`.
+    pub(crate) fn spawn(&self, child: ChildId, build: BuildId) {
+        self.shared
+            .borrow_mut()
+            .push(Request::Spawn { child, build });
+    }
+
+    /// Kills `child`.
+    pub(crate) fn kill(&self, child: ChildId) {
+        self.shared.borrow_mut().push(Request::Kill { child });
+    }
+
+    /// Goals: leaves the result for the machine.
+    pub(crate) fn set_goal_result(&self, result: GoalResult) {
+        self.shared.borrow_mut().goal_result = Some(result);
+    }
+
+    /// Goals: the start trace of the running builder (`None` once it ended).
+    pub(crate) fn set_started_trace(&self, trace: Option<BuildEvent>) {
+        self.shared.borrow_mut().started_trace = trace;
+    }
+
+    /// Goals: true the first time only, so the waiting notice is said once.
+    pub(crate) fn mark_waiting_noticed(&self) -> bool {
+        !std::mem::replace(&mut self.shared.borrow_mut().waiting_noticed, true)
+    }
+
+    /// Tells the sessions waiting for this goal.
+    pub(crate) fn publish(&self, event: BuildEvent) {
+        self.shared.borrow_mut().events_out.push(event);
+    }
+
+    /// Remembers a build to finish should the goal be dropped.
+    pub(crate) fn track_build(&self, build: BuildId, live: bool) {
+        let mut s = self.shared.borrow_mut();
+        if live {
+            s.builds.insert(build);
+        } else {
+            s.builds.remove(&build);
+        }
+    }
+
+    /// Remembers a log to close should the goal be dropped.
+    pub(crate) fn track_log(&self, log: LogId, open: bool) {
+        let mut s = self.shared.borrow_mut();
+        if open {
+            s.logs.insert(log);
+        } else {
+            s.logs.remove(&log);
+        }
+    }
+
+    /// The goal's next event: a child event, the completion of one of
+    /// `tokens`, or the deadline passing (looked for in that order).
+    pub(crate) async fn wait_goal_event(
+        &self,
+        tokens: &[Token],
+        deadline: Option<Instant>,
+    ) -> GoalEvent {
+        std::future::poll_fn(|_| {
+            let mut s = self.shared.borrow_mut();
+            if let Some((child, event)) = s.child_events.pop_front() {
+                if let ChildEvent::Output(data) = &event {
+                    s.child_bytes = s.child_bytes.saturating_sub(data.len());
+                }
+                return Poll::Ready(GoalEvent::Child(child, event));
+            }
+            for t in tokens {
+                if let Some(c) = s.completions.remove(t) {
+                    return Poll::Ready(GoalEvent::Completed(*t, c));
+                }
+            }
+            if let Some(deadline) = deadline {
+                if s.now_mono.is_some_and(|now| now >= deadline) {
+                    return Poll::Ready(GoalEvent::Deadline);
+                }
+                s.alarm = Some(s.alarm.map_or(deadline, |a| a.min(deadline)));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Sessions: the next event of the goals this session waits for.
+    pub(crate) fn take_build_event(&self) -> Option<Rc<BuildEvent>> {
+        let mut s = self.shared.borrow_mut();
+        let event = s.build_events.pop_front()?;
+        s.build_event_bytes = s.build_event_bytes.saturating_sub(event.weight_bytes());
+        Some(event)
+    }
+
+    /// Sessions: waits until a build event can be sent (there is output
+    /// room), the request `token` completed with no event left before it,
+    /// or the client went away.
+    pub(crate) async fn wait_session_event(&self, token: Token) -> SessionWake {
+        std::future::poll_fn(|_| {
+            let mut s = self.shared.borrow_mut();
+            if !s.build_events.is_empty()
+                && s.output.len() + s.unwritten_bytes < self.output_limit_bytes
+            {
+                return Poll::Ready(SessionWake::Event);
+            }
+            if s.input_closed {
+                return Poll::Ready(SessionWake::Disconnected);
+            }
+            if s.build_events.is_empty() {
+                if let Some(c) = s.completions.remove(&token) {
+                    return Poll::Ready(SessionWake::Completed(c));
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// The memoised modulo hash of a derivation, if known.
