@@ -71,6 +71,10 @@ pub struct BuildPlan {
     pub impersonate_linux_26: bool,
     /// FODs may reach the host's loopback (unless `--isolate-host-loopback`).
     pub use_host_loopback: bool,
+    /// The requesting client asked for build traces: a builder for a
+    /// platform this machine cannot run first prints
+    /// `@ unsupported-platform DRV PLATFORM`.
+    pub print_build_trace: bool,
 }
 
 /// What the build process executes.

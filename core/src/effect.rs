@@ -403,6 +403,14 @@ pub enum EffectOutput {
     /// `Verify`: the hex hash the signature covers.
     VerifiedHash(String),
     SubstitutableInfos(BTreeMap<StorePath, SubstitutablePathInfo>),
+    /// `SubstitutesHave` and `SubstitutesInfo`: the lines the substituter
+    /// printed while it answered, each already prefixed `substitute: ` (the
+    /// client sees them, as it does from the C++ daemon), and its answer
+    /// (`Paths` or `SubstitutableInfos`).
+    Substituter {
+        diagnostics: Vec<Vec<u8>>,
+        answer: Result<Box<EffectOutput>, EffectError>,
+    },
     /// `PrepareBuild`: the build directory on the host.
     BuildPrepared {
         build_dir: String,

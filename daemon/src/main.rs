@@ -102,7 +102,8 @@ fn raise_open_files_limit() {
     };
     // SAFETY: getrlimit and setrlimit only read and write `limit`.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             // Failing leaves the old limit, which still works for fewer clients.
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);

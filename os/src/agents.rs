@@ -66,10 +66,6 @@ impl Default for AgentLimits {
     }
 }
 
-/// Where a substituter's stdout and stderr go, one chunk at a time, each
-/// already prefixed with `substitute: ` as the C++ daemon prints it.
-pub type DiagnosticsSink = Box<dyn Fn(&[u8]) + Send + Sync>;
-
 /// The daemon's agents.
 pub struct Agents {
     program: PathBuf,
@@ -79,7 +75,6 @@ pub struct Agents {
     /// set, as `NAME=value` strings for `posix_spawn`.
     env: Vec<CString>,
     limits: AgentLimits,
-    diagnostics: DiagnosticsSink,
     authenticate: Mutex<Option<AuthenticateAgent>>,
     query: Mutex<Option<QueryAgent>>,
 }
@@ -122,9 +117,6 @@ impl Agents {
                 })
                 .collect(),
             limits: AgentLimits::default(),
-            diagnostics: Box::new(|chunk| {
-                let _ = io::stderr().lock().write_all(chunk);
-            }),
             authenticate: Mutex::new(None),
             query: Mutex::new(None),
         }
@@ -133,14 +125,6 @@ impl Agents {
     /// Replaces the bounds on replies.
     pub fn with_limits(mut self, limits: AgentLimits) -> Agents {
         self.limits = limits;
-        self
-    }
-
-    /// Sends the substituter's diagnostics (its stdout and stderr, which
-    /// the C++ daemon forwards to the client) to `sink` instead of the
-    /// daemon's stderr.
-    pub fn with_diagnostics(mut self, sink: DiagnosticsSink) -> Agents {
-        self.diagnostics = sink;
         self
     }
 
@@ -175,42 +159,63 @@ impl Agents {
         }
     }
 
-    /// Which of `paths` the substituter can provide: `Paths`. `options` are
-    /// the settings the agent runs with (`_NIX_OPTIONS`).
+    /// Which of `paths` the substituter can provide: `Substituter` with
+    /// `Paths`. `options` are the settings the agent runs with
+    /// (`_NIX_OPTIONS`).
     pub fn substitutes_have(
         &self,
         paths: &[StorePath],
         options: &[(String, String)],
     ) -> EffectResult {
         if paths.is_empty() {
-            return Ok(EffectOutput::Paths(BTreeSet::new()));
+            return Ok(substituter_answer(
+                Vec::new(),
+                Ok(EffectOutput::Paths(BTreeSet::new())),
+            ));
         }
-        let mut slot = lock(&self.query);
-        let agent = self.query_agent(&mut slot, options)?;
-        let result = self.have(agent, paths);
-        if result.is_err() {
-            *slot = None;
-        }
-        result.map(EffectOutput::Paths)
+        self.query_request(options, |agent| {
+            self.have(agent, paths).map(EffectOutput::Paths)
+        })
     }
 
     /// The substitutable infos of those of `paths` the substituter can
-    /// provide: `SubstitutableInfos`.
+    /// provide: `Substituter` with `SubstitutableInfos`.
     pub fn substitutes_info(
         &self,
         paths: &[StorePath],
         options: &[(String, String)],
     ) -> EffectResult {
         if paths.is_empty() {
-            return Ok(EffectOutput::SubstitutableInfos(BTreeMap::new()));
+            return Ok(substituter_answer(
+                Vec::new(),
+                Ok(EffectOutput::SubstitutableInfos(BTreeMap::new())),
+            ));
         }
+        self.query_request(options, |agent| {
+            self.info(agent, paths)
+                .map(EffectOutput::SubstitutableInfos)
+        })
+    }
+
+    /// Runs one request on the query agent (started as needed); a failed
+    /// request drops the agent. What the agent printed meanwhile goes with
+    /// the answer, failed or not.
+    fn query_request(
+        &self,
+        options: &[(String, String)],
+        request: impl FnOnce(&mut QueryAgent) -> EffectResult,
+    ) -> EffectResult {
         let mut slot = lock(&self.query);
-        let agent = self.query_agent(&mut slot, options)?;
-        let result = self.info(agent, paths);
-        if result.is_err() {
+        let agent = match self.query_agent(&mut slot, options) {
+            Ok(agent) => agent,
+            Err(e) => return Ok(substituter_answer(Vec::new(), Err(e))),
+        };
+        let answer = request(agent);
+        let diagnostics = std::mem::take(&mut agent.outbox);
+        if answer.is_err() {
             *slot = None;
         }
-        result.map(EffectOutput::SubstitutableInfos)
+        Ok(substituter_answer(diagnostics, answer))
     }
 
     /// Stops both agents (they are started again when needed).
@@ -381,7 +386,7 @@ impl Agents {
                 line.pop();
                 if !agent.diagnostics.is_empty() {
                     let rest = std::mem::take(&mut agent.diagnostics);
-                    self.emit_diagnostics(&rest);
+                    agent.emit_diagnostics(&rest);
                 }
                 return Ok(String::from_utf8_lossy(&line).into_owned());
             }
@@ -432,18 +437,12 @@ impl Agents {
                 .or_else(|| agent.diagnostics.iter().position(|&b| b == b'\r'));
             let Some(end) = end else { break };
             let line: Vec<u8> = agent.diagnostics.drain(..=end).collect();
-            self.emit_diagnostics(&line);
+            agent.emit_diagnostics(&line);
         }
         if agent.diagnostics.len() > self.limits.diagnostics_line_max_bytes {
             let rest = std::mem::take(&mut agent.diagnostics);
-            self.emit_diagnostics(&rest);
+            agent.emit_diagnostics(&rest);
         }
-    }
-
-    fn emit_diagnostics(&self, text: &[u8]) {
-        let mut chunk = b"substitute: ".to_vec();
-        chunk.extend_from_slice(text);
-        (self.diagnostics)(&chunk);
     }
 
     fn store_path(&self, text: &str) -> Result<StorePath, EffectError> {
@@ -517,6 +516,7 @@ impl Agents {
             diagnostics_pipe: File::from(diagnostics),
             replies_pipe: File::from(replies),
             diagnostics: Vec::new(),
+            outbox: Vec::new(),
             replies: Vec::new(),
             options,
             process,
@@ -651,6 +651,13 @@ impl Drop for AgentProcess {
     }
 }
 
+fn substituter_answer(diagnostics: Vec<Vec<u8>>, answer: EffectResult) -> EffectOutput {
+    EffectOutput::Substituter {
+        diagnostics,
+        answer: answer.map(Box::new),
+    }
+}
+
 /// `guix authenticate`: requests on its stdin, replies on its stdout.
 struct AuthenticateAgent {
     // Field order is drop order: stdin is closed before the process is
@@ -668,6 +675,9 @@ struct QueryAgent {
     replies_pipe: File,
     /// Diagnostics read but not yet passed on (an incomplete line).
     diagnostics: Vec<u8>,
+    /// Diagnostics lines passed on during the current request, prefixed
+    /// `substitute: `; they go back with its answer.
+    outbox: Vec<Vec<u8>>,
     /// Reply bytes read but not yet consumed (at most part of one reply
     /// after a request completes: the agent answers one request at a time).
     replies: Vec<u8>,
@@ -677,6 +687,12 @@ struct QueryAgent {
 }
 
 impl QueryAgent {
+    fn emit_diagnostics(&mut self, text: &[u8]) {
+        let mut line = b"substitute: ".to_vec();
+        line.extend_from_slice(text);
+        self.outbox.push(line);
+    }
+
     /// Writes `<command> P1 P2 … \n`, a space after every path, as the C++
     /// daemon does.
     fn send(&mut self, command: &str, paths: &[StorePath]) -> Result<(), EffectError> {
@@ -1065,14 +1081,39 @@ else:
             gid: 0,
         };
         let diagnostics = Arc::new(Mutex::new(Vec::new()));
-        let sink = diagnostics.clone();
-        let agents = Agents::new(&config).with_diagnostics(Box::new(move |chunk| {
-            sink.lock().unwrap().extend_from_slice(chunk);
-        }));
+        let agents = Agents::new(&config);
         Fixture {
             state,
             agents,
             diagnostics,
+        }
+    }
+
+    impl Fixture {
+        /// `substitutes_have`, with the diagnostics kept aside.
+        fn have(&self, paths: &[StorePath], options: &[(String, String)]) -> EffectResult {
+            self.answer(self.agents.substitutes_have(paths, options))
+        }
+
+        /// `substitutes_info`, with the diagnostics kept aside.
+        fn info(&self, paths: &[StorePath], options: &[(String, String)]) -> EffectResult {
+            self.answer(self.agents.substitutes_info(paths, options))
+        }
+
+        fn answer(&self, result: EffectResult) -> EffectResult {
+            match result {
+                Ok(EffectOutput::Substituter {
+                    diagnostics,
+                    answer,
+                }) => {
+                    let mut kept = self.diagnostics.lock().unwrap();
+                    for line in diagnostics {
+                        kept.extend_from_slice(&line);
+                    }
+                    answer.map(|output| *output)
+                }
+                other => panic!("not a substituter answer: {other:?}"),
+            }
         }
     }
 
@@ -1234,7 +1275,7 @@ else:
         let f = fixture("noexec");
         let program = f.state.join("guix");
         std::fs::remove_file(&program).unwrap();
-        let err = f.agents.substitutes_have(&[path("a")], &[]).unwrap_err();
+        let err = f.have(&[path("a")], &[]).unwrap_err();
         assert_eq!(
             err.message,
             format!(
@@ -1257,10 +1298,10 @@ else:
         ]);
         let asked = [path("a-avail"), path("b"), path("c-avail")];
         assert_eq!(
-            f.agents.substitutes_have(&asked, &opts).unwrap(),
+            f.have(&asked, &opts).unwrap(),
             EffectOutput::Paths([path("a-avail"), path("c-avail")].into_iter().collect())
         );
-        let infos = match f.agents.substitutes_info(&asked, &opts).unwrap() {
+        let infos = match f.info(&asked, &opts).unwrap() {
             EffectOutput::SubstitutableInfos(infos) => infos,
             other => panic!("{other:?}"),
         };
@@ -1274,7 +1315,7 @@ else:
         assert_eq!((a.download_size, a.nar_size), (123, 456));
         // Nothing asked, nothing started.
         assert_eq!(
-            f.agents.substitutes_have(&[], &opts).unwrap(),
+            f.have(&[], &opts).unwrap(),
             EffectOutput::Paths(BTreeSet::new())
         );
         assert_eq!(
@@ -1298,15 +1339,9 @@ else:
         }
         let f = fixture("restart");
         let asked = [path("a-avail")];
-        f.agents
-            .substitutes_have(&asked, &options(&[("a", "1")]))
-            .unwrap();
-        f.agents
-            .substitutes_have(&asked, &options(&[("a", "1")]))
-            .unwrap();
-        f.agents
-            .substitutes_have(&asked, &options(&[("a", "2")]))
-            .unwrap();
+        f.have(&asked, &options(&[("a", "1")])).unwrap();
+        f.have(&asked, &options(&[("a", "1")])).unwrap();
+        f.have(&asked, &options(&[("a", "2")])).unwrap();
         assert_eq!(starts(&f), ["query a=1;", "query a=2;"]);
     }
 
@@ -1317,10 +1352,7 @@ else:
         }
         let f = fixture("qdie");
         let program = f.state.join("guix");
-        let err = f
-            .agents
-            .substitutes_have(&[path("x-die")], &[])
-            .unwrap_err();
+        let err = f.have(&[path("x-die")], &[]).unwrap_err();
         assert_eq!(
             (err.kind, err.message),
             (
@@ -1328,10 +1360,7 @@ else:
                 format!("`{} substitute' died unexpectedly", program.display())
             )
         );
-        let err = f
-            .agents
-            .substitutes_info(&[path("x-avail-unexpected")], &[])
-            .unwrap_err();
+        let err = f.info(&[path("x-avail-unexpected")], &[]).unwrap_err();
         assert_eq!(
             err.message,
             format!(
@@ -1339,12 +1368,9 @@ else:
                 path("x-avail-unexpected")
             )
         );
-        let err = f
-            .agents
-            .substitutes_info(&[path("x-avail-badint")], &[])
-            .unwrap_err();
+        let err = f.info(&[path("x-avail-badint")], &[]).unwrap_err();
         assert_eq!(err.message, "integer expected from stream: many");
-        assert!(f.agents.substitutes_have(&[path("y-avail")], &[]).is_ok());
+        assert!(f.have(&[path("y-avail")], &[]).is_ok());
         assert_eq!(starts(&f).len(), 4, "each failure dropped its agent");
     }
 
@@ -1361,9 +1387,7 @@ else:
                     for i in 0..5 {
                         let p = path(&format!("t{t}-{i}-avail"));
                         assert_eq!(
-                            f.agents
-                                .substitutes_have(std::slice::from_ref(&p), &[])
-                                .unwrap(),
+                            f.have(std::slice::from_ref(&p), &[]).unwrap(),
                             EffectOutput::Paths([p].into_iter().collect())
                         );
                     }
@@ -1382,13 +1406,13 @@ else:
             return;
         }
         let f = fixture("stop");
-        f.agents.substitutes_have(&[path("a-avail")], &[]).unwrap();
+        f.have(&[path("a-avail")], &[]).unwrap();
         let pid = lock(&f.agents.query).as_ref().unwrap().process.pid();
         f.agents.stop();
         // Reaped: the pid is no longer our child.
         let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
         assert!(rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG).is_err());
-        f.agents.substitutes_have(&[path("a-avail")], &[]).unwrap();
+        f.have(&[path("a-avail")], &[]).unwrap();
         assert_eq!(starts(&f).len(), 2);
     }
 }

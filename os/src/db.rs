@@ -651,7 +651,8 @@ const SQL_QUERY_CLOSURE: &str = "with recursive closure(id) as \
 /// neither read nor write them): an index to find items by NAR hash, and a
 /// table of the flat content hashes of single-file items, both used to
 /// reuse store contents for fixed-output derivations.
-pub const GUIXD_SCHEMA_SQL: &str = "create index if not exists guixd_IndexValidPathsHash on ValidPaths(hash);
+pub const GUIXD_SCHEMA_SQL: &str =
+    "create index if not exists guixd_IndexValidPathsHash on ValidPaths(hash);
 create table if not exists guixd_ContentHashes (
     algo text not null,
     hash text not null,
@@ -1884,7 +1885,11 @@ pub(crate) mod tests {
         let a = item(&db, "a");
         let r = reg(&a, &[]);
         let nar = r.info.nar_hash;
-        assert!(registered(db.register(vec![group(vec![r])])).iter().all(Result::is_ok));
+        assert!(
+            registered(db.register(vec![group(vec![r])]))
+                .iter()
+                .all(Result::is_ok)
+        );
         assert_eq!(paths(db.query_paths_by_nar_hash(&nar)), set([&a]));
         let content = Hash::sha256(b"contents");
         assert!(paths(db.find_flat_content(&content)).is_empty());

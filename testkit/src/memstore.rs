@@ -253,21 +253,23 @@ impl MemStore {
                     "signature is not valid",
                 )),
             },
-            Effect::SubstitutesHave { paths, .. } => Ok(EffectOutput::Paths(
+            Effect::SubstitutesHave { paths, .. } => Ok(substituter_answer(EffectOutput::Paths(
                 paths
                     .into_iter()
                     .filter(|p| self.config.substitutes.contains_key(p))
                     .collect(),
-            )),
-            Effect::SubstitutesInfo { paths, .. } => Ok(EffectOutput::SubstitutableInfos(
-                paths
-                    .into_iter()
-                    .filter_map(|p| {
-                        let info = self.config.substitutes.get(&p)?.clone();
-                        Some((p, info))
-                    })
-                    .collect(),
-            )),
+            ))),
+            Effect::SubstitutesInfo { paths, .. } => {
+                Ok(substituter_answer(EffectOutput::SubstitutableInfos(
+                    paths
+                        .into_iter()
+                        .filter_map(|p| {
+                            let info = self.config.substitutes.get(&p)?.clone();
+                            Some((p, info))
+                        })
+                        .collect(),
+                )))
+            }
             Effect::CreateUserProfileDir { user, .. } => {
                 if user.is_empty()
                     || user == "."
@@ -1570,6 +1572,14 @@ fn violations_of(db: &Db, disk: &Disk) -> Vec<String> {
 /// Whether `needle` occurs in `haystack`.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A substituter that prints nothing and gives `answer`.
+fn substituter_answer(answer: EffectOutput) -> EffectOutput {
+    EffectOutput::Substituter {
+        diagnostics: Vec::new(),
+        answer: Ok(Box::new(answer)),
+    }
 }
 
 fn unknown_log(log: LogId) -> EffectError {

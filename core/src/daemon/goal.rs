@@ -571,9 +571,16 @@ impl DrvGoal {
                         self.ctx.unlock(lock, false);
                         continue;
                     }
-                    if let Err(e) = self.register(found).await {
-                        self.ctx.unlock(lock, false);
-                        return Err(e);
+                    match self.register(found).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(refused)) => {
+                            self.ctx.unlock(lock, false);
+                            return self.failed(Failure::Outputs(refused), inputs).await;
+                        }
+                        Err(e) => {
+                            self.ctx.unlock(lock, false);
+                            return Err(e);
+                        }
                     }
                     self.ctx.unlock(lock, true);
                     self.trace(format!("@ build-succeeded {} -", self.drv_path), None);
@@ -940,6 +947,7 @@ impl DrvGoal {
             impersonate_linux_26: self.typed.impersonate_linux_26,
             use_host_loopback: self.options.settings.raw("build-use-host-loopback")
                 != Some("false"),
+            print_build_trace: self.options.print_build_trace,
         };
         let build = BuildId(self.ctx.fresh_id());
         self.ctx.track_build(build, true);
@@ -1379,7 +1387,10 @@ impl DrvGoal {
     }
 
     /// Deduplicates and registers every output in one group.
-    async fn register(&mut self, found: Vec<OutputFound>) -> Esc<()> {
+    /// Registers the outputs of a build. `Ok(Err(message))`: the store
+    /// refused them as they are (their references form a cycle), which
+    /// fails the build as refused outputs do.
+    async fn register(&mut self, found: Vec<OutputFound>) -> Esc<Result<(), String>> {
         let mut items = Vec::new();
         for out in found {
             if self.typed.auto_optimise_store {
@@ -1439,10 +1450,13 @@ impl DrvGoal {
                 (!info.recursive).then(|| (item.info.path.clone(), info.hash))
             })
             .collect();
-        self.ctx
-            .register(RegistrationGroup { items })
-            .await
-            .map_err(Escape::from)?;
+        match self.ctx.register(RegistrationGroup { items }).await {
+            Ok(()) => {}
+            Err(e) if e.kind == crate::effect::EffectErrorKind::Invalid => {
+                return Ok(Err(e.message));
+            }
+            Err(e) => return Err(Escape::from(e)),
+        }
         // Flat fixed outputs are what later fixed-output derivations may
         // reuse; the index is only an optimisation, so a failure is logged.
         for (path, hash) in flat {
@@ -1454,7 +1468,7 @@ impl DrvGoal {
                 self.ctx.log_daemon(format!("error: {}", e.message));
             }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Before running a fixed-output builder: if the store already holds
@@ -1538,7 +1552,7 @@ impl DrvGoal {
                 references: BTreeSet::new(),
             });
         }
-        self.register(found).await?;
+        self.register(found).await?.map_err(Escape)?;
         Ok(true)
     }
 }

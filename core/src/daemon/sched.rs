@@ -58,7 +58,9 @@ impl BuildMode {
     }
 }
 
-/// What a goal realises.
+/// What a goal realises. Goals are ordered as the C++ daemon orders its
+/// own (substitutions first, then by name, then by path), which is the
+/// order builds waiting for a slot start in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum GoalKey {
     /// Make a path valid (by substitution, if anything).
@@ -206,6 +208,8 @@ pub(crate) struct BuildOptions {
     pub keep_going: bool,
     /// The client's uid, to hand kept build directories to.
     pub client_uid: Option<u32>,
+    /// The session asked for `@ ...` build traces.
+    pub print_build_trace: bool,
 }
 
 /// A goal's request for a build slot.
@@ -675,6 +679,7 @@ mod tests {
             keep_failed: false,
             keep_going: false,
             client_uid: None,
+            print_build_trace: false,
         })
     }
 

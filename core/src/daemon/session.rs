@@ -722,6 +722,7 @@ impl Session {
             keep_failed: self.keep_failed,
             keep_going: self.keep_going,
             client_uid,
+            print_build_trace: self.print_build_trace,
         })
     }
 
@@ -822,8 +823,13 @@ impl Session {
             return Ok(BTreeSet::new());
         }
         let options = self.helper_options();
-        self.paths_effect(Effect::SubstitutesHave { paths, options })
-            .await
+        match self
+            .substituter(Effect::SubstitutesHave { paths, options })
+            .await?
+        {
+            EffectOutput::Paths(set) => Ok(set),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn substitutable_infos(
@@ -835,11 +841,27 @@ impl Session {
         }
         let options = self.helper_options();
         match self
-            .ctx
-            .effect(Effect::SubstitutesInfo { paths, options })
+            .substituter(Effect::SubstitutesInfo { paths, options })
             .await?
         {
             EffectOutput::SubstitutableInfos(infos) => Ok(infos),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A request to the substituter: what it printed meanwhile goes to the
+    /// client first, as `STDERR_NEXT` lines, then its answer is taken.
+    async fn substituter(&mut self, effect: Effect) -> OpResult<EffectOutput> {
+        match self.ctx.effect(effect).await? {
+            EffectOutput::Substituter {
+                diagnostics,
+                answer,
+            } => {
+                for line in &diagnostics {
+                    self.send_next(line);
+                }
+                Ok(*answer?)
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -1504,10 +1526,11 @@ impl Session {
             .iter()
             .map(|r| self.store.parse_path(r))
             .collect::<Result<_, _>>()?;
-        let valid = self
-            .valid_subset(references.iter().cloned().collect())
-            .await?;
-        if valid.len() != references.len() {
+        // An item may refer to itself; every other reference must be valid
+        // already (the exporter sends references first).
+        let others: Vec<StorePath> = references.iter().filter(|r| **r != path).cloned().collect();
+        let valid = self.valid_subset(others.clone()).await?;
+        if valid.len() != others.len() {
             return Err(OpError::new("path `%1%' is not valid"));
         }
         // The deriver is kept only if it is itself valid.

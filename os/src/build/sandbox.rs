@@ -508,9 +508,16 @@ fn exec_for(host: &Host, plan: &BuildPlan, dir_in_sandbox: &Path) -> Result<Exec
                 (Some(a), Some(b)) => platform[a..] == host.system[b..],
                 _ => false,
             };
-            // `@ unsupported-platform D P` goes first with
-            // `print-build-trace`, which the plan does not carry yet.
-            let unsupported_trace = String::new();
+            // With build traces, `@ unsupported-platform D P` goes first,
+            // nested one level as the C++ daemon's child prints it.
+            let unsupported_trace = if plan.print_build_trace {
+                format!(
+                    "|   @ unsupported-platform {} {platform}",
+                    plan.drv_path.as_str()
+                )
+            } else {
+                String::new()
+            };
             // The arguments are in guix-daemon 1.5.0's order, which swaps
             // the daemon's system and the derivation.
             let unsupported_message = format!(

@@ -53,6 +53,7 @@ pub(super) fn plan_for_unit_tests() -> BuildPlan {
         platform: "x86_64-linux".into(),
         impersonate_linux_26: false,
         use_host_loopback: true,
+        print_build_trace: false,
     }
 }
 
@@ -147,6 +148,7 @@ impl Fixture {
             platform: "x86_64-linux".into(),
             impersonate_linux_26: false,
             use_host_loopback: true,
+            print_build_trace: false,
         }
     }
 }

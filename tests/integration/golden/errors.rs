@@ -118,7 +118,6 @@ fn every_error_case() {
     report.finish();
 }
 
-
 /// The captured outcome must be the recorded one, and the probe must show
 /// whether the session survived. A request that fails the store-path
 /// assertion while it is read ends the session, as the C++ daemon's does.

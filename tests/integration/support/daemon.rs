@@ -54,13 +54,40 @@ pub enum Substitutes {
     EmptyFileCache,
 }
 
+/// How builders are isolated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sandbox {
+    /// `--disable-chroot`; the daemon is started with `chroot ROOT`.
+    Disabled,
+    /// The chroot sandbox (the daemons' default). The daemon runs in a
+    /// mount namespace of its own whose root is the Guix root, entered
+    /// with `pivot_root` (a `chroot`ed process may not create user
+    /// namespaces, and the C++ daemon needs `/` to be a mount point), with
+    /// a `/proc` of its PID namespace. The daemon is not the namespace's
+    /// first process (a shell that only reaps is), so it can be killed and
+    /// restarted while its builders live on: see [`Daemon::kill`] and
+    /// [`Daemon::restart`].
+    Chroot,
+}
+
+/// The group and users [`DaemonConfig::build_users`] adds to the root.
+pub const BUILD_USERS_GROUP: &str = "guixbuild";
+
 /// How to start a daemon. The options every daemon gets are
-/// `--listen=<dir>/socket` and `--disable-chroot` (nothing here builds).
+/// `--listen=<dir>/socket` and, by default, `--disable-chroot`.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
     pub substitutes: Substitutes,
     /// More command-line options, appended as they are.
     pub extra_args: Vec<String>,
+    pub sandbox: Sandbox,
+    /// `--build-users-group=guixbuild`, with the group and its users
+    /// `guixbuilder01..04` added to the root's `/etc/group` and
+    /// `/etc/passwd` (see [`super::build_users`]).
+    pub build_users: bool,
+    /// `TMPDIR=<dir>/tmp` for the daemon, so its build directories are its
+    /// own rather than in the root's shared `/tmp`.
+    pub private_tmp: bool,
 }
 
 impl Default for DaemonConfig {
@@ -68,6 +95,9 @@ impl Default for DaemonConfig {
         DaemonConfig {
             substitutes: Substitutes::Disabled,
             extra_args: Vec::new(),
+            sandbox: Sandbox::Disabled,
+            build_users: false,
+            private_tmp: false,
         }
     }
 }
@@ -94,9 +124,17 @@ impl Slot {
 pub struct Daemon {
     implementation: Implementation,
     dir: String,
-    /// The `unshare` process whose child is the namespace's first process,
-    /// the daemon itself.
+    /// The `unshare` process whose child is the namespace's first process:
+    /// the daemon itself, or with [`Sandbox::Chroot`] the reaping shell.
     unshare: Child,
+    sandbox: Sandbox,
+    /// The daemon's command line inside the root, and its environment, to
+    /// restart it.
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    /// The `nsenter` process of the last [`Daemon::restart`], whose child
+    /// is the daemon.
+    nsenter: Option<Child>,
 }
 
 /// How long a daemon may take to create its socket.
@@ -123,10 +161,10 @@ impl Daemon {
         }
         keys::install(&host_dir.join("conf"));
 
-        let mut args = vec![
-            format!("--listen={dir}/socket"),
-            "--disable-chroot".to_owned(),
-        ];
+        let mut args = vec![format!("--listen={dir}/socket")];
+        if config.sandbox == Sandbox::Disabled {
+            args.push("--disable-chroot".to_owned());
+        }
         match config.substitutes {
             Substitutes::Disabled => args.push("--no-substitutes".to_owned()),
             Substitutes::EmptyFileCache => {
@@ -135,7 +173,19 @@ impl Daemon {
                 args.push(format!("--substitute-urls=file://{dir}/substitutes"));
             }
         }
+        if config.build_users {
+            super::build_users::ensure();
+            args.push(format!("--build-users-group={BUILD_USERS_GROUP}"));
+        }
         args.extend(config.extra_args.iter().cloned());
+        let mut env = store_env(&dir);
+        if config.private_tmp {
+            let tmp = host_dir.join("tmp");
+            fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("mkdir {}: {e}", tmp.display()));
+            env.push(("TMPDIR".to_owned(), format!("{dir}/tmp")));
+        }
+        let mut argv = vec![program.to_owned()];
+        argv.extend(args);
 
         let log = fs::File::create(host_dir.join("daemon.log"))
             .unwrap_or_else(|e| panic!("create daemon.log: {e}"));
@@ -143,16 +193,31 @@ impl Daemon {
             .try_clone()
             .unwrap_or_else(|e| panic!("dup daemon.log: {e}"));
         let mut cmd = Command::new("unshare");
-        cmd.args(["--pid", "--fork", "--kill-child", "--", "chroot"])
-            .arg(root())
-            .arg("env")
-            .arg("-i")
-            .args(store_env(&dir).iter().map(|(k, v)| format!("{k}={v}")))
-            .arg(program)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+        match config.sandbox {
+            Sandbox::Disabled => {
+                cmd.args(["--pid", "--fork", "--kill-child", "--", "chroot"])
+                    .arg(root())
+                    .arg("env")
+                    .arg("-i")
+                    .args(env.iter().map(|(k, v)| format!("{k}={v}")))
+                    .args(&argv);
+            }
+            Sandbox::Chroot => {
+                let old_root = format!("{dir}/old-root");
+                fs::create_dir_all(host(&old_root))
+                    .unwrap_or_else(|e| panic!("mkdir {old_root}: {e}"));
+                cmd.args(["--pid", "--fork", "--kill-child"])
+                    .arg(format!("--mount-proc={}", root().join("proc").display()))
+                    .args(["--", "/bin/sh", "-c", PIVOT_SCRIPT, "guixd-it-init"])
+                    .arg(root())
+                    .arg(&old_root)
+                    .arg("/usr/bin/env")
+                    .arg("-i")
+                    .args(env.iter().map(|(k, v)| format!("{k}={v}")))
+                    .args(&argv);
+            }
+        }
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         die_with_parent(&mut cmd);
         let unshare = cmd
             .spawn()
@@ -161,6 +226,10 @@ impl Daemon {
             implementation,
             dir,
             unshare,
+            sandbox: config.sandbox,
+            argv,
+            env,
+            nsenter: None,
         };
         daemon.wait_for_socket();
         daemon
@@ -205,6 +274,132 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// The host process id of the daemon, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        let pid = match (&self.nsenter, self.sandbox) {
+            (Some(nsenter), _) => first_child(nsenter.id()),
+            (None, Sandbox::Disabled) => first_child(self.unshare.id()),
+            // The daemon is the reaping shell's first child; once it is
+            // gone, the shell's children are `sleep` and orphans.
+            (None, Sandbox::Chroot) => first_child(self.unshare.id())
+                .and_then(|init| children(init).into_iter().next())
+                .filter(|&pid| !self.exited_at_start() && comm(pid) != "sleep"),
+        };
+        pid.filter(|&pid| is_running(pid))
+    }
+
+    /// Kills the daemon process alone with SIGKILL, as a crash would, and
+    /// waits until it is gone. Only with [`Sandbox::Chroot`]: the
+    /// processes it started (builders, helpers) stay where the crash left
+    /// them, in the daemon's namespaces.
+    pub fn kill(&mut self) {
+        assert!(
+            self.sandbox == Sandbox::Chroot,
+            "only a daemon with Sandbox::Chroot can be killed alone"
+        );
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{} is not running", self.implementation.name()));
+        // SAFETY: kill has no memory preconditions. The id is that of a
+        // process we saw running a moment ago whose parent (our reaping
+        // shell, or our own `nsenter`) reaps it only after it died.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let started = Instant::now();
+        while is_running(pid) {
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "process {pid} survived SIGKILL for {START_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(mut nsenter) = self.nsenter.take() {
+            let _ = nsenter.wait();
+        }
+    }
+
+    /// Starts the daemon again, with the same command line and environment,
+    /// in the namespaces of the one [`Daemon::kill`] killed, on the same
+    /// store; returns when it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(
+            self.pid().is_none(),
+            "{} is still running",
+            self.implementation.name()
+        );
+        let init = first_child(self.unshare.id())
+            .unwrap_or_else(|| panic!("the namespace of {} is gone", self.dir));
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(self.host_path("daemon.log"))
+            .unwrap_or_else(|e| panic!("open daemon.log: {e}"));
+        let log2 = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("dup daemon.log: {e}"));
+        let mut cmd = Command::new("nsenter");
+        // Entering the mount namespace also makes its root (the Guix root)
+        // the process's root without a `chroot`.
+        cmd.arg(format!("--target={init}"))
+            .args(["--pid", "--mount", "--", "/usr/bin/env", "-i"])
+            .args(self.env.iter().map(|(k, v)| format!("{k}={v}")))
+            .args(&self.argv)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        die_with_parent(&mut cmd);
+        self.nsenter = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start nsenter: {e}")),
+        );
+        self.wait_for_socket();
+    }
+
+    /// Every process of the daemon's PID namespace but the reaping shell
+    /// and its `sleep`: the daemon and what it started, including orphans
+    /// of a killed daemon. Zombies are left out. Only with
+    /// [`Sandbox::Chroot`].
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        assert!(self.sandbox == Sandbox::Chroot);
+        let mut out = Vec::new();
+        let Some(init) = first_child(self.unshare.id()) else {
+            return out;
+        };
+        let mut todo: Vec<i32> = children(init)
+            .into_iter()
+            .filter(|&p| comm(p) != "sleep")
+            .collect();
+        if let Some(nsenter) = &self.nsenter {
+            todo.extend(first_child(nsenter.id()));
+        }
+        while let Some(pid) = todo.pop() {
+            if !is_running(pid) {
+                continue;
+            }
+            todo.extend(children(pid));
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .trim_end_matches('\0')
+                        .replace('\0', " ")
+                })
+                .unwrap_or_default();
+            out.push(ProcessInfo {
+                pid,
+                comm: comm(pid),
+                cmdline,
+            });
+        }
+        out.sort_by_key(|p| p.pid);
+        out
+    }
+
+    /// Whether the reaping shell of [`Sandbox::Chroot`] saw the first
+    /// daemon process exit.
+    fn exited_at_start(&self) -> bool {
+        self.host_path("daemon.exit").exists()
+    }
+
     fn wait_for_socket(&mut self) {
         let socket = self.host_path("socket");
         let started = Instant::now();
@@ -215,7 +410,24 @@ impl Daemon {
             if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
                 return;
             }
-            if let Ok(Some(status)) = self.unshare.try_wait() {
+            let exited_at_start = self.exited_at_start();
+            let exited = match (&mut self.nsenter, self.sandbox) {
+                (Some(nsenter), _) => nsenter.try_wait().ok().flatten().map(|s| s.to_string()),
+                (None, Sandbox::Chroot) if exited_at_start => Some(
+                    fs::read_to_string(self.host_path("daemon.exit"))
+                        .map(|s| format!("exit status {}", s.trim()))
+                        .unwrap_or_default(),
+                ),
+                _ => None,
+            };
+            let exited = exited.or_else(|| {
+                self.unshare
+                    .try_wait()
+                    .ok()
+                    .flatten()
+                    .map(|s| s.to_string())
+            });
+            if let Some(status) = exited {
                 panic!(
                     "{} exited ({status}) before creating {}; its log:\n{}",
                     self.implementation.name(),
@@ -250,6 +462,10 @@ impl Daemon {
         }
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
+        if let Some(mut nsenter) = self.nsenter.take() {
+            let _ = nsenter.kill();
+            let _ = nsenter.wait();
+        }
     }
 }
 
@@ -291,4 +507,65 @@ fn store_env(dir: &str) -> Vec<(String, String)> {
 fn first_child(pid: u32) -> Option<i32> {
     let list = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
     list.split_whitespace().next()?.parse().ok()
+}
+
+/// A process of a daemon's namespace, as seen from this machine.
+#[derive(Clone, Debug)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    /// The command name (`/proc/PID/comm`).
+    pub comm: String,
+    /// The arguments, joined by spaces.
+    pub cmdline: String,
+}
+
+/// The script the first process of a [`Sandbox::Chroot`] daemon's
+/// namespaces runs: `ROOT OLD-ROOT COMMAND...`. It makes the root the root
+/// of the mount namespace (`OLD-ROOT` is a directory inside it, as seen
+/// from inside, where the old root goes before it is detached), runs
+/// COMMAND (the daemon), writes its exit status to `daemon.exit` next to
+/// `OLD-ROOT`, and then stays, reaping the processes the daemon left.
+const PIVOT_SCRIPT: &str = r#"root=$1 old=$2
+shift 2
+cd "$root" && pivot_root . ".$old" && cd / && /bin/busybox umount -l "$old" || exit 1
+"$@" &
+wait $!
+echo "$?" > "${old%/*}/daemon.exit"
+while :; do sleep 3600 & wait $!; done"#;
+
+/// The children of every thread of process `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(list) = fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// The command name of process `pid` (empty if it is gone).
+fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_default()
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn is_running(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and
+        // may itself hold spaces and parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
 }

@@ -11,11 +11,14 @@
 #![allow(dead_code)]
 
 pub mod bins;
+pub mod build_users;
 pub mod client;
 pub mod daemon;
+pub mod http;
 pub mod keys;
 pub mod process;
 pub mod root;
+pub mod transcript;
 
 pub use bins::Runtime;
 pub use client::{run_guix, run_scheme};

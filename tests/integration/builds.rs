@@ -1,0 +1,280 @@
+//! Build scenarios: the real Guix 1.5.0 client has daemons build
+//! derivations whose builders are the `sh` of a static busybox added to the
+//! store (see `tests/interop/build-common.scm`), in the chroot sandbox
+//! (rootless: a user namespace, no build users), with build users, and
+//! without a chroot.
+//!
+//! Each transcript scenario runs
+//! - against the C++ `guix-daemon` (`cpp`), which validates the script,
+//! - against guixd on each runtime (`guixd_threads`, `guixd_smol`), which
+//!   must pass the same checks,
+//! - differentially (`differential_threads`, `differential_smol`): the C++
+//!   daemon, then guixd, on the same store directory string; their
+//!   transcripts (outcomes, error texts and statuses, log texts with
+//!   process ids masked, output paths, hashes, sizes, references, files)
+//!   must be equal except for [`KNOWN_DIFFERENCES`].
+//!
+//! Other scenarios drive daemons from here: two clients building one
+//! derivation at once, `guix build` and `guix build --log-file`, retries
+//! of a flaky build (guixd only: the C++ daemon has no
+//! `--max-build-attempts`), and a daemon killed in the middle of builds.
+//!
+//! Keeps true: every deliberate difference between guixd and the C++
+//! daemon is listed in [`KNOWN_DIFFERENCES`] (or, for scenarios compared
+//! here rather than by transcript, next to the comparison) with its
+//! reason; scenarios never depend on one another.
+//!
+//! Set `GUIXD_IT_TRANSCRIPTS=DIR` to keep every transcript in DIR.
+
+use crate::support::daemon::Sandbox;
+use crate::support::http::HttpServer;
+use crate::support::root::host;
+use crate::support::transcript::{KnownDifference, Run, compare, run_script};
+use crate::support::{Daemon, DaemonConfig, Implementation, Runtime, Slot};
+use std::fs;
+use std::time::{Duration, Instant};
+
+/// Every deliberate difference between guixd and the C++ daemon that the
+/// transcript scenarios can observe.
+const KNOWN_DIFFERENCES: &[KnownDifference] = &[
+    // Independent builds requested together start in a different order.
+    // The C++ daemon runs its goals one step at a time in the order of
+    // their names, so with one build slot `fail3' starts before `fine';
+    // guixd grants a free slot to the first goal that asks for it, and
+    // which asks first depends on when its inputs were checked. The
+    // outcome (which builds fail, the error and its status) is the same;
+    // the log has the builds in another order.
+    KnownDifference {
+        scenario: "failures",
+        label: "without keep-going",
+        reason: "guixd starts independent builds in the order they become ready",
+    },
+    KnownDifference {
+        scenario: "failures",
+        label: "keep-going",
+        reason: "guixd starts independent builds in the order they become ready",
+    },
+];
+
+/// How a scenario's daemon isolates builders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The chroot sandbox in a user namespace (uid 30001, gid 30000 inside),
+    /// no build users: the rootless arrangement.
+    Rootless,
+    /// The chroot sandbox with `--build-users-group=guixbuild`.
+    BuildUsers,
+    /// `--disable-chroot`, no build users.
+    NoChroot,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Rootless => "rootless",
+            Mode::BuildUsers => "build-users",
+            Mode::NoChroot => "no-chroot",
+        }
+    }
+}
+
+/// One transcript scenario: a script of `tests/interop/` and its daemon.
+struct Scenario {
+    name: &'static str,
+    script: &'static str,
+    mode: Mode,
+    /// More daemon options.
+    daemon_args: &'static [&'static str],
+    /// Serve files over HTTP on the loopback and pass the server's base
+    /// URL (`http://127.0.0.1:PORT`) as the script's first argument.
+    http: bool,
+}
+
+/// The daemon configuration of `mode`, with `args`.
+fn config(mode: Mode, args: &[&str]) -> DaemonConfig {
+    DaemonConfig {
+        extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
+        sandbox: match mode {
+            Mode::Rootless | Mode::BuildUsers => Sandbox::Chroot,
+            Mode::NoChroot => Sandbox::Disabled,
+        },
+        build_users: mode == Mode::BuildUsers,
+        private_tmp: true,
+        ..DaemonConfig::default()
+    }
+}
+
+/// The shared scratch directory of the daemon in `slot`, inside the root.
+fn shared_dir(slot: &Slot) -> String {
+    format!("{}/work/shared", slot.dir())
+}
+
+/// Starts `implementation` in `slot` for `mode` and makes its shared
+/// directory `<dir>/work/shared` (mode 1777), which builders can write to
+/// without a chroot. (Not with a chroot: `--chroot-directory` is broken in
+/// the C++ daemon 1.5.0, which reads the option's previous value with the
+/// `bool` overload of `Settings::get` and so always prepends a byte 1 to
+/// the list; every chroot build then fails to bind-mount "\x01".)
+fn start(slot: &Slot, implementation: Implementation, mode: Mode, args: &[&str]) -> Daemon {
+    let daemon = Daemon::start_in(slot, implementation, &config(mode, args));
+    let shared = host(&shared_dir(slot));
+    fs::create_dir_all(&shared).unwrap_or_else(|e| panic!("mkdir {}: {e}", shared.display()));
+    set_mode(&shared, 0o1777);
+    daemon
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// The files the HTTP server of download scenarios serves.
+fn http_files() -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("/hello".to_owned(), b"hello over http\n".to_vec()),
+        ("/other".to_owned(), b"something else\n".to_vec()),
+    ]
+}
+
+/// Runs `scenario` on a fresh daemon of `implementation` in `slot`.
+fn run_scenario(slot: &Slot, scenario: &Scenario, implementation: Implementation) -> Run {
+    let daemon = start(slot, implementation, scenario.mode, scenario.daemon_args);
+    let server = scenario.http.then(|| HttpServer::start(http_files()));
+    let base = server.as_ref().map(|s| s.url(""));
+    let args: Vec<&str> = base.iter().map(String::as_str).collect();
+    run_script(&daemon, scenario.script, scenario.mode.name(), &args)
+}
+
+/// Runs `scenario` against `implementation`; it must pass its checks.
+fn interop(scenario: &Scenario, implementation: Implementation) {
+    let started = Instant::now();
+    let run = run_scenario(&Slot::new(), scenario, implementation);
+    report_time(scenario.name, &implementation.name(), started.elapsed());
+    assert!(
+        run.passed(),
+        "scenario {} failed against {}\ndaemon log:\n{}",
+        scenario.name,
+        run.describe(),
+        run.daemon_log
+    );
+}
+
+/// Runs `scenario` against the C++ daemon and then guixd on `runtime`, in
+/// the same directory, and compares their transcripts.
+fn differential(scenario: &Scenario, runtime: Runtime) {
+    let started = Instant::now();
+    let slot = Slot::new();
+    let reference = run_scenario(&slot, scenario, Implementation::Cpp);
+    assert!(
+        reference.passed(),
+        "scenario {} fails against the C++ daemon, so the script is wrong: {}\ndaemon log:\n{}",
+        scenario.name,
+        reference.describe(),
+        reference.daemon_log
+    );
+    let candidate = run_scenario(&slot, scenario, Implementation::Guixd(runtime));
+    report_time(
+        scenario.name,
+        &format!("differential-{}", runtime.name()),
+        started.elapsed(),
+    );
+    assert!(
+        !candidate.steps.is_empty(),
+        "scenario {}: guixd ({}) gave no transcript: {}\nguixd's log:\n{}",
+        scenario.name,
+        runtime.name(),
+        candidate.describe(),
+        candidate.daemon_log
+    );
+    let differences = compare(
+        scenario.name,
+        KNOWN_DIFFERENCES,
+        &reference.steps,
+        &candidate.steps,
+    );
+    assert!(
+        differences.is_empty(),
+        "scenario {}: guixd ({}) differs from the C++ daemon:\n{}\n{}guixd's log:\n{}",
+        scenario.name,
+        runtime.name(),
+        differences.join("\n"),
+        if candidate.passed() {
+            String::new()
+        } else {
+            candidate.describe()
+        },
+        candidate.daemon_log
+    );
+}
+
+fn report_time(scenario: &str, what: &str, elapsed: Duration) {
+    eprintln!(
+        "[builds] {scenario} / {what}: {:.2}s",
+        elapsed.as_secs_f64()
+    );
+}
+
+const OUTPUTS: Scenario = Scenario {
+    name: "outputs",
+    script: "build-outputs.scm",
+    mode: Mode::Rootless,
+    daemon_args: &[],
+    http: false,
+};
+
+const OUTPUTS_NO_CHROOT: Scenario = Scenario {
+    name: "outputs-no-chroot",
+    script: "build-outputs.scm",
+    mode: Mode::NoChroot,
+    daemon_args: &[],
+    http: false,
+};
+
+const FAILURES: Scenario = Scenario {
+    name: "failures",
+    script: "build-failures.scm",
+    mode: Mode::Rootless,
+    daemon_args: &[],
+    http: false,
+};
+
+/// The five tests of each transcript scenario.
+macro_rules! scenarios {
+    ($($module:ident => $scenario:expr;)*) => {$(
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn cpp() {
+                interop(&$scenario, Implementation::Cpp);
+            }
+
+            #[test]
+            fn guixd_threads() {
+                interop(&$scenario, Implementation::Guixd(Runtime::Threads));
+            }
+
+            #[test]
+            fn guixd_smol() {
+                interop(&$scenario, Implementation::Guixd(Runtime::Smol));
+            }
+
+            #[test]
+            fn differential_threads() {
+                differential(&$scenario, Runtime::Threads);
+            }
+
+            #[test]
+            fn differential_smol() {
+                differential(&$scenario, Runtime::Smol);
+            }
+        }
+    )*};
+}
+
+scenarios! {
+    outputs => OUTPUTS;
+    outputs_no_chroot => OUTPUTS_NO_CHROOT;
+    failures => FAILURES;
+}
