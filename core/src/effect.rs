@@ -11,7 +11,13 @@
 //!   core chose, and the core never has two effects of one stream in flight
 //!   at once, so the os side sees them in order;
 //! - database writes are only ever asked for one at a time (the core's
-//!   writer queue), so the daemon never contends with itself in SQLite.
+//!   writer queue), so the daemon never contends with itself in SQLite;
+//!   the one exception is `VerifyStore`, which runs for long and makes its
+//!   rare repairs of the database (invalidations, missing hashes) through
+//!   the os layer's single writer connection, between other writes;
+//! - the collector's effects (`Gc*`) carry out decisions of `crate::gc`
+//!   and the daemon's collection task: a path is deleted only by
+//!   `GcDeletePath`, one at a time, through the writer queue.
 
 use crate::build_plan::{BuildId, BuildPlan, LogId, OutputCheck, OutputFound, OutputRefused};
 use crate::hash::{Hash, HashAlgo};
@@ -335,6 +341,54 @@ pub enum Effect {
         recursive: bool,
         expected: Hash,
     },
+
+    // ---- garbage collector and store maintenance (spec 03 §9–§10; the
+    // decisions are `crate::gc`'s, these only carry them out)
+    /// Takes `gc.lock` exclusively for the collection `owner` (`Locked`):
+    /// without `wait`, `false` when another collection (of this process or
+    /// another) holds it; with `wait`, blocks until it is free.
+    GcLock {
+        owner: u64,
+        wait: bool,
+    },
+    /// Drops `gc.lock` and the read locks on other processes' temporary
+    /// roots, if the collection `owner` holds them; otherwise nothing.
+    GcRelease {
+        owner: u64,
+    },
+    /// Other processes' temporary roots (`TempRoots`); needs `gc.lock`.
+    /// The files read stay read-locked until `GcRelease`.
+    GcReadTempRoots,
+    /// The roots under `gcroots`, `manifests` and `profiles` (`Roots`).
+    GcFindRoots,
+    /// The valid store items running processes use, from `guix gc
+    /// --list-busy` (`Paths`).
+    GcRuntimeRoots,
+    /// The reference graph in bulk and the names in the store directory
+    /// (`GcSnapshot`).
+    GcSnapshot,
+    /// Deletes a leftover trash and creates an empty one
+    /// (`TrashPrepared`).
+    GcPrepareTrash,
+    /// Deletes one path: invalidates it in a write transaction that finds
+    /// it without other referrers (when `expect_valid`; otherwise it must
+    /// still be invalid), then removes its files (`GcDeleted`). A database
+    /// write: through the writer queue.
+    GcDeletePath {
+        path: StorePath,
+        expect_valid: bool,
+    },
+    /// Deletes the trash directory (`Freed`).
+    GcEmptyTrash,
+    /// Removes `.links` entries nothing links to any more (`Links`).
+    GcRemoveUnusedLinks,
+    /// `verify-store`: existence always, contents when `check_contents`
+    /// (`Verified`). Takes `gc.lock` itself for the existence check.
+    VerifyStore {
+        check_contents: bool,
+    },
+    /// `optimise-store`: deduplicates every valid path (`Optimised`).
+    OptimiseStore,
 }
 
 /// Compression of build logs (`--log-compression`).
@@ -417,6 +471,27 @@ pub enum EffectOutput {
     },
     /// `CollectOutputs`: one result per output, in the order given.
     Outputs(Vec<Result<OutputFound, OutputRefused>>),
+    /// `GcReadTempRoots`.
+    TempRoots(crate::gc::TempRootsRead),
+    /// `GcFindRoots`.
+    Roots(crate::gc::FoundRoots),
+    /// `GcSnapshot`: the graph's rows, and the store directory's names.
+    GcSnapshot {
+        rows: crate::gc::GcRows,
+        entries: Vec<String>,
+    },
+    /// `GcPrepareTrash`.
+    TrashPrepared(crate::gc::TrashPrepared),
+    /// `GcDeletePath`.
+    GcDeleted(crate::gc::DeleteOutcome),
+    /// `GcEmptyTrash`: the bytes freed.
+    Freed(u64),
+    /// `GcRemoveUnusedLinks`.
+    Links(crate::gc::LinksReport),
+    /// `VerifyStore`.
+    Verified(crate::gc::VerifyReport),
+    /// `OptimiseStore`.
+    Optimised(crate::gc::OptimiseReport),
 }
 
 /// What comes back for an effect.

@@ -846,8 +846,25 @@ pub struct LinksReport {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VerifyReport {
     pub messages: Vec<(Level, String)>,
-    /// "Errors remain": the reply of `verify-store`.
+    /// "Errors remain": the reply of `verify-store` without repair.
     pub errors: bool,
+    /// The paths a repairing `verify-store` tries to repair, in the order
+    /// found, each after the message at `message_index` that reported it.
+    pub repairable: Vec<Repairable>,
+    /// Errors other than those of `repairable` (the reply with repair,
+    /// unless a repair fails).
+    pub other_errors: bool,
+}
+
+/// A valid path whose files are modified or gone (while valid paths
+/// still refer to it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repairable {
+    pub path: StorePath,
+    /// Gone from the store directory (rather than modified).
+    pub vanished: bool,
+    /// Index in [`VerifyReport::messages`] of the line that reported it.
+    pub message_index: usize,
 }
 
 /// What `optimise-store` did.

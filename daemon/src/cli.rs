@@ -84,6 +84,8 @@ pub enum CliError {
     InvalidRounds(String),
     #[error("{0}: invalid number of build attempts")]
     InvalidAttempts(String),
+    #[error("{0}: invalid pressure percentage")]
+    InvalidPercent(String),
     #[error("{0}: unknown compression type")]
     UnknownCompression(String),
     #[error("'{0}': invalid Boolean value")]
@@ -357,6 +359,16 @@ const SPECS: &[Spec] = &[
         Kind::Value("N"),
         "retry a build that failed beside others up to N times in all, with fewer builds beside it (guixd only; default 1)",
     ),
+    spec(
+        "max-memory-pressure",
+        Kind::Value("PERCENT"),
+        "start no new build while the memory pressure (PSI 'full' avg10) is PERCENT or more (guixd only; default: never hold back)",
+    ),
+    spec(
+        "max-cpu-pressure",
+        Kind::Value("PERCENT"),
+        "start no new build while the CPU pressure (PSI 'some' avg10) is PERCENT or more (guixd only; default: never hold back)",
+    ),
     Spec {
         aliases: &["no-build-hook"],
         ..spec(
@@ -496,6 +508,10 @@ fn apply(options: &mut Options, id: &str, value: String) -> Result<Option<Action
             Ok(n) if n >= 1 => settings.set("build-max-attempts", &n.to_string()),
             _ => return Err(CliError::InvalidAttempts(value)),
         },
+        "max-memory-pressure" => {
+            settings.set("build-pressure-memory-max", &parse_percent(&value)?);
+        }
+        "max-cpu-pressure" => settings.set("build-pressure-cpu-max", &parse_percent(&value)?),
         "no-offload" => settings.set(USE_BUILD_HOOK_SETTING, "false"),
         "no-substitutes" => settings.set("build-use-substitutes", "false"),
         "rounds" => {
@@ -532,6 +548,15 @@ fn bool_setting(b: bool) -> &'static str {
 /// The number of `--rounds`, read as `strtoul` would (leading blanks and a
 /// `+` allowed, saturating on overflow), except that an empty or negative
 /// number is refused rather than wrapped around.
+/// A pressure threshold: a number of percent from 0 to 100, kept as
+/// written.
+fn parse_percent(value: &str) -> Result<String, CliError> {
+    match value.trim().parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(value.trim().to_owned()),
+        _ => Err(CliError::InvalidPercent(value.to_owned())),
+    }
+}
+
 fn parse_rounds(value: &str) -> Option<u64> {
     let digits = value.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
     let digits = digits.strip_prefix('+').unwrap_or(digits);
@@ -565,6 +590,19 @@ mod tests {
 
     fn raw<'a>(o: &'a Options, name: &str) -> Option<&'a str> {
         o.settings.raw(name)
+    }
+
+    #[test]
+    fn pressure_thresholds_are_percentages() {
+        let o = run(&["--max-memory-pressure=12.5", "--max-cpu-pressure", "80"]);
+        assert_eq!(raw(&o, "build-pressure-memory-max"), Some("12.5"));
+        assert_eq!(raw(&o, "build-pressure-cpu-max"), Some("80"));
+        for bad in ["-1", "101", "x", "NaN"] {
+            assert!(matches!(
+                error(&[&format!("--max-cpu-pressure={bad}")]),
+                CliError::InvalidPercent(_)
+            ));
+        }
     }
 
     #[test]

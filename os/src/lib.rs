@@ -26,7 +26,7 @@ pub mod roots;
 pub mod setup;
 
 use guixd_core::config::Dirs;
-use guixd_core::effect::{Effect, EffectResult};
+use guixd_core::effect::{Effect, EffectOutput, EffectResult};
 use guixd_core::settings::Typed;
 
 /// How the os layer was asked to behave, fixed at start-up.
@@ -50,6 +50,7 @@ pub struct Os {
     roots: roots::Roots,
     agents: agents::Agents,
     builds: build::Builds,
+    gc: gc::Gc,
 }
 
 impl Os {
@@ -64,6 +65,7 @@ impl Os {
             roots: roots::Roots::new(&config),
             agents: agents::Agents::new(&config),
             builds: build::Builds::new(&config),
+            gc: gc::Gc::new(&config),
             db,
             config,
         })
@@ -91,6 +93,17 @@ impl Os {
         build: guixd_core::build_plan::BuildId,
     ) -> Result<child::SpawnedChild, guixd_core::effect::EffectError> {
         self.builds.spawn(build)
+    }
+
+    /// Makes sure this process's temporary-roots file exists before a
+    /// collection takes `gc.lock`: creating it needs `gc.lock` shared, so
+    /// a first temporary root added during the collection would block its
+    /// worker thread until the collection ends, and every later one behind
+    /// it, which could take all the workers a runtime has, the
+    /// collection's own effects' included.
+    fn ensure_temp_roots_file(&self) {
+        // A failure shows again with the roots that need the file.
+        let _ = self.roots.ensure_temp_roots_file();
     }
 
     /// Carries out one effect. Blocking; call it from a worker thread.
@@ -178,6 +191,41 @@ impl Os {
                 recursive,
                 &expected,
             ),
+            Effect::GcLock { owner, wait } => {
+                self.ensure_temp_roots_file();
+                let wait = if wait {
+                    locks::Wait::Yes
+                } else {
+                    locks::Wait::No
+                };
+                self.gc.lock_for(owner, wait).map(EffectOutput::Locked)
+            }
+            Effect::GcRelease { owner } => {
+                self.gc.release_for(owner);
+                Ok(EffectOutput::Done)
+            }
+            Effect::GcReadTempRoots => self.gc.read_temp_roots().map(EffectOutput::TempRoots),
+            Effect::GcFindRoots => self.gc.find_roots(&self.db).map(EffectOutput::Roots),
+            Effect::GcRuntimeRoots => self.gc.runtime_roots(&self.db).map(EffectOutput::Paths),
+            Effect::GcSnapshot => self
+                .gc
+                .snapshot(&self.db)
+                .map(|(rows, entries)| EffectOutput::GcSnapshot { rows, entries }),
+            Effect::GcPrepareTrash => self.gc.prepare_trash().map(EffectOutput::TrashPrepared),
+            Effect::GcDeletePath { path, expect_valid } => self
+                .gc
+                .delete_path(&self.db, &path, expect_valid)
+                .map(EffectOutput::GcDeleted),
+            Effect::GcEmptyTrash => self.gc.empty_trash().map(EffectOutput::Freed),
+            Effect::GcRemoveUnusedLinks => self.gc.remove_unused_links().map(EffectOutput::Links),
+            Effect::VerifyStore { check_contents } => self
+                .gc
+                .verify_store(&self.db, check_contents)
+                .map(EffectOutput::Verified),
+            Effect::OptimiseStore => self
+                .gc
+                .optimise_store(&self.db)
+                .map(EffectOutput::Optimised),
         }
     }
 }

@@ -105,6 +105,17 @@ impl Roots {
         Ok(EffectOutput::Done)
     }
 
+    /// Opens (creating it, as the C++ protocol asks: under `gc.lock`
+    /// shared) this process's temporary-roots file unless it is open
+    /// already, without adding a root to it.
+    pub fn ensure_temp_roots_file(&self) -> Result<(), EffectError> {
+        let mut slot = self.temp_roots();
+        if slot.is_none() {
+            *slot = Some(self.open_temp_roots_file()?);
+        }
+        Ok(())
+    }
+
     /// Makes `link` an indirect root: `<state>/gcroots/auto/<h>` becomes a
     /// symlink to `link`, where `h` is [`indirect_root_name`] of it. An
     /// existing root of the same name is replaced atomically.

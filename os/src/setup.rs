@@ -151,11 +151,28 @@ pub fn prepare_store(config: &OsConfig) -> Result<(), SetupError> {
 /// place; each is followed by `<pid>-<n>`.
 const TRANSIENT_PREFIXES: [&str; 3] = [".guixd-upload-", ".guixd-text-", ".tmp-link-"];
 
+/// The stores [`remove_leftovers`] has cleaned in this process: from then
+/// on, entries under this process's id there are this process's own.
+static CLEANED_STORES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
 /// Deletes transient entries of the store left behind by a daemon process
 /// that no longer runs (killed in the middle of an upload, say). They were
 /// never valid, so nothing is lost; entries of a live process are kept.
+/// Entries under this process's own id are a former daemon's too (one
+/// restarted with the same id, as PID 1 of a container is) unless this
+/// process has cleaned this store before, when they may be its own.
 /// Failures are reported and skipped: a leftover costs only disk space.
 pub fn remove_leftovers(store: &Path) {
+    let seen_before = {
+        let mut cleaned = CLEANED_STORES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let seen = cleaned.iter().any(|s| s == store);
+        if !seen {
+            cleaned.push(store.to_path_buf());
+        }
+        seen
+    };
     let Ok(entries) = fs::read_dir(store) else {
         return;
     };
@@ -171,7 +188,8 @@ pub fn remove_leftovers(store: &Path) {
         }) else {
             continue;
         };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        let ours = pid == std::process::id();
+        if (ours && seen_before) || (!ours && Path::new(&format!("/proc/{pid}")).exists()) {
             continue;
         }
         if let Err(e) = crate::files::delete_path(&entry.path()) {
@@ -568,6 +586,18 @@ mod leftover_tests {
         fs::write(&live, b"x").unwrap();
         let item = dir.join("00000000000000000000000000000000-item");
         fs::write(&item, b"y").unwrap();
+        // The first clean-up of a store in a process takes entries under
+        // its own id for a former daemon's (same id after a restart).
+        let former = dir.join(format!(".guixd-upload-{}-3", std::process::id()));
+        fs::create_dir_all(former.join("item")).unwrap();
+        remove_leftovers(&dir);
+        assert!(!dead.exists());
+        assert!(!former.exists());
+        assert!(!live.exists());
+        assert!(item.exists());
+        // Later ones keep them: they may be this process's uploads.
+        fs::write(&live, b"x").unwrap();
+        fs::create_dir_all(dead.join("item")).unwrap();
         remove_leftovers(&dir);
         assert!(!dead.exists());
         assert!(live.exists());

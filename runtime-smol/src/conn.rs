@@ -33,16 +33,19 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-/// How long to pause accepting when the process or system is out of
-/// descriptors or memory: the listener stays readable, so retrying at once
-/// would spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How long to pause accepting after an error that is not about one
+/// connection (out of descriptors or memory, a broken listener): the
+/// listener stays readable, so retrying at once would spin. The same pause
+/// as the threads runtime's.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The most chunks of output gathered into one `sendmsg`.
 const WRITE_SLICES_MAX: usize = 64;
 
-/// Accepts connections on `listener` until the task is dropped or the
-/// listener fails for good.
+/// Accepts connections on `listener` until the task is dropped. An error
+/// is logged and accepting resumes after a pause, as the C++ daemon logs a
+/// failed accept and goes on: one bad listener must not take the others
+/// down.
 pub(crate) async fn accept_loop(inner: Rc<Inner>, listener: Async<Listener>) {
     loop {
         match listener.read_with(accept_one).await {
@@ -59,16 +62,9 @@ pub(crate) async fn accept_loop(inner: Rc<Inner>, listener: Async<Listener>) {
             }
             Err(e) => match AcceptError::of(&e) {
                 AcceptError::PeerGone => {}
-                AcceptError::OutOfResources => {
+                AcceptError::Pause => {
                     inner.log(&format!("error accepting connection: {e}"));
                     Timer::after(ACCEPT_BACKOFF).await;
-                }
-                AcceptError::Fatal => {
-                    inner.fail(io::Error::new(
-                        e.kind(),
-                        format!("error accepting connection: {e}"),
-                    ));
-                    return;
                 }
             },
         }
@@ -134,21 +130,18 @@ enum AcceptError {
     /// The connection failed before we took it (accept(2) lists these as
     /// errors to retry at once).
     PeerGone,
-    /// Out of descriptors or memory: retry after a pause.
-    OutOfResources,
-    /// The listener itself is broken.
-    Fatal,
+    /// Out of descriptors or memory, or the listener itself is broken:
+    /// retry after a pause.
+    Pause,
 }
 
 impl AcceptError {
     fn of(e: &io::Error) -> AcceptError {
         let Some(code) = e.raw_os_error() else {
-            return AcceptError::Fatal;
+            return AcceptError::Pause;
         };
         let errno = Errno::from_raw_os_error(code);
-        if [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&errno) {
-            AcceptError::OutOfResources
-        } else if [
+        if [
             Errno::INTR,
             Errno::AGAIN,
             Errno::CONNABORTED,
@@ -167,7 +160,7 @@ impl AcceptError {
         {
             AcceptError::PeerGone
         } else {
-            AcceptError::Fatal
+            AcceptError::Pause
         }
     }
 }

@@ -59,10 +59,9 @@ impl Server {
         // A capacity of one is enough: a second request to stop changes
         // nothing, so `shutdown` drops it when the first is still queued.
         let (shutdown, requests) = async_channel::bounded(1);
-        let stop = shutdown.clone();
         let thread = std::thread::Builder::new()
             .name("guixd-smol".to_owned())
-            .spawn(move || runtime::serve(config, os, listeners, stop, requests))?;
+            .spawn(move || runtime::serve(config, os, listeners, requests))?;
         Ok(Server {
             shutdown,
             thread: Some(thread),
@@ -78,8 +77,8 @@ impl Server {
         let _ = self.shutdown.try_send(());
     }
 
-    /// Waits until the server has stopped; returns the first fatal I/O
-    /// error it met.
+    /// Waits until the server has stopped. Errors while serving are
+    /// logged, not fatal; the error here is the runtime thread's panic.
     pub fn join(mut self) -> io::Result<()> {
         let Some(thread) = self.thread.take() else {
             return Ok(());

@@ -51,25 +51,24 @@ pub(crate) const READ_BUFFER_BYTES: usize = 256 * 1024;
 /// must not keep the daemon from stopping.
 const SHUTDOWN_FLUSH_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the server until it is asked to stop or meets a fatal error: the
-/// body of the runtime thread.
+/// Runs the server until it is asked to stop: the body of the runtime
+/// thread.
 pub(crate) fn serve(
     config: Config,
     os: Arc<Os>,
     listeners: Vec<Async<Listener>>,
-    stop: async_channel::Sender<()>,
     requests: async_channel::Receiver<()>,
 ) -> io::Result<()> {
     let executor = Rc::new(LocalExecutor::new());
-    let inner = Rc::new(Inner::new(config, os, Rc::downgrade(&executor), stop));
+    let inner = Rc::new(Inner::new(config, os, Rc::downgrade(&executor)));
     let accepts: Vec<_> = listeners
         .into_iter()
         .map(|listener| executor.spawn(conn::accept_loop(inner.clone(), listener)))
         .collect();
     executor.spawn(timer_loop(inner.clone())).detach();
     smol::block_on(executor.run(async {
-        // Every sender is alive as long as `inner`, so this only returns
-        // on a request (from `Server::shutdown` or a fatal error).
+        // Returns on a request from `Server::shutdown`, or when the
+        // `Server` is gone: either way it is time to stop.
         let _ = requests.recv().await;
         // Dropping the accept tasks cancels them and closes the listeners.
         drop(accepts);
@@ -82,12 +81,11 @@ pub(crate) fn serve(
         })
         .await;
     }));
-    let fatal = inner.fatal.take();
     // The tasks hold `inner`; dropping the executor drops them, and then
     // the daemon and the remaining sockets, on this thread.
     drop(executor);
     drop(inner);
-    fatal.map_or(Ok(()), Err)
+    Ok(())
 }
 
 /// The state of the runtime thread, shared by its tasks.
@@ -119,18 +117,10 @@ pub(crate) struct Inner {
     progress: Notify,
     pub(crate) shutting_down: Cell<bool>,
     last_now: Cell<Now>,
-    /// The first fatal error, returned by `Server::join`.
-    fatal: RefCell<Option<io::Error>>,
-    stop: async_channel::Sender<()>,
 }
 
 impl Inner {
-    fn new(
-        config: Config,
-        os: Arc<Os>,
-        executor: Weak<LocalExecutor<'static>>,
-        stop: async_channel::Sender<()>,
-    ) -> Inner {
+    fn new(config: Config, os: Arc<Os>, executor: Weak<LocalExecutor<'static>>) -> Inner {
         let now = fresh_now(None);
         let daemon = Daemon::new(config, now);
         let deadline = daemon.poll_timeout();
@@ -151,8 +141,6 @@ impl Inner {
             progress: Notify::default(),
             shutting_down: Cell::new(false),
             last_now: Cell::new(now),
-            fatal: RefCell::new(None),
-            stop,
         }
     }
 
@@ -238,13 +226,6 @@ impl Inner {
         if self.shutting_down.get() {
             self.progress.wake();
         }
-    }
-
-    /// Records a fatal error (the first one wins) and stops the server.
-    pub(crate) fn fail(&self, error: io::Error) {
-        self.log(&format!("error: {error}"));
-        self.fatal.borrow_mut().get_or_insert(error);
-        let _ = self.stop.try_send(());
     }
 
     /// A line for the daemon's standard error. A failed write is

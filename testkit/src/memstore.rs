@@ -19,6 +19,11 @@
 //! - uploads are restored with the core's own NAR parser, chunk by chunk,
 //!   hashed as os hashes them, and fail for good after an error;
 //! - agents (signing, verifying, substituters) are deterministic fakes;
+//! - the collector's effects work on the same state: roots on disk,
+//!   runtime roots and other processes' temporary roots are set by the
+//!   test, directories go to a trash emptied by `GcEmptyTrash`, and a
+//!   deletion refuses a path with other referrers as os does; `gc.lock`
+//!   cannot be waited for (nothing here blocks), which is an error;
 //! - nothing here panics on any effect, in any order.
 
 use guixd_core::build_plan::{BuildId, BuildPlan, LogId, OutputCheck, OutputFound, OutputRefused};
@@ -26,6 +31,10 @@ use guixd_core::daemon::ExitStatus;
 use guixd_core::effect::{
     DumpId, Effect, EffectError, EffectErrorKind, EffectOutput, EffectResult, Measured,
     RegistrationGroup, SubstitutablePathInfo, UploadId, UploadKind, ValidPathInfo,
+};
+use guixd_core::gc::{
+    DeleteOutcome, FoundRoots, GcRows, Level as GcLevel, LinksReport, OptimiseReport, PathRow,
+    Repairable, TempRootsRead, TrashPrepared, VerifyReport,
 };
 use guixd_core::hash::{Hash, HashAlgo, Hasher};
 use guixd_core::nar::{
@@ -118,6 +127,25 @@ pub struct MemStore {
     next_pid: u32,
     effects_run: u64,
     crashes: u64,
+    /// The garbage collector's side (roots, `gc.lock`, the trash).
+    gc: MemGc,
+}
+
+/// What the in-memory store keeps for the garbage collector's effects.
+#[derive(Debug, Default)]
+struct MemGc {
+    /// The collection holding `gc.lock`.
+    owner: Option<u64>,
+    /// Roots on disk: link (or file) → the store item it names.
+    roots: BTreeMap<String, StorePath>,
+    /// What `guix gc --list-busy` would print.
+    runtime_roots: BTreeSet<StorePath>,
+    /// Other processes' temporary roots.
+    foreign_temp_roots: BTreeSet<StorePath>,
+    /// Directories moved to the trash and not yet deleted.
+    trash: Vec<NarTree>,
+    /// Collections that asked for `gc.lock`.
+    collections: u64,
 }
 
 impl MemStore {
@@ -139,6 +167,7 @@ impl MemStore {
             next_pid: 100,
             effects_run: 0,
             crashes: 0,
+            gc: MemGc::default(),
         }
     }
 
@@ -363,6 +392,52 @@ impl MemStore {
                 recursive,
                 expected,
             } => self.copy_into_output(&from, to, recursive, &expected),
+            Effect::GcLock { owner, wait } => self.gc_lock(owner, wait),
+            Effect::GcRelease { owner } => {
+                if self.gc.owner == Some(owner) {
+                    self.gc.owner = None;
+                }
+                Ok(EffectOutput::Done)
+            }
+            Effect::GcReadTempRoots => {
+                if self.gc.owner.is_none() {
+                    return Err(invalid(
+                        "guixd bug: temporary roots read without the garbage collector lock",
+                    ));
+                }
+                Ok(EffectOutput::TempRoots(TempRootsRead {
+                    roots: self.gc.foreign_temp_roots.clone(),
+                    messages: Vec::new(),
+                }))
+            }
+            Effect::GcFindRoots => Ok(EffectOutput::Roots(self.find_roots())),
+            Effect::GcRuntimeRoots => Ok(EffectOutput::Paths(
+                self.gc
+                    .runtime_roots
+                    .iter()
+                    .filter(|p| self.db.valid.contains_key(*p))
+                    .cloned()
+                    .collect(),
+            )),
+            Effect::GcSnapshot => Ok(self.gc_snapshot()),
+            Effect::GcPrepareTrash => {
+                let freed_bytes = self.gc.trash.drain(..).map(|t| files_size(&t)).sum();
+                Ok(EffectOutput::TrashPrepared(TrashPrepared {
+                    use_trash: true,
+                    freed_bytes,
+                    note: None,
+                }))
+            }
+            Effect::GcDeletePath { path, expect_valid } => self.gc_delete(&path, expect_valid),
+            Effect::GcEmptyTrash => Ok(EffectOutput::Freed(
+                self.gc.trash.drain(..).map(|t| files_size(&t)).sum(),
+            )),
+            Effect::GcRemoveUnusedLinks => Ok(EffectOutput::Links(LinksReport {
+                freed_bytes: 0,
+                saved_bytes: 0,
+            })),
+            Effect::VerifyStore { check_contents } => Ok(self.verify_store(check_contents)),
+            Effect::OptimiseStore => Ok(EffectOutput::Optimised(OptimiseReport::default())),
         }
     }
 
@@ -492,6 +567,10 @@ impl MemStore {
             Effect::LogClose { log } => {
                 self.logs.remove(log);
             }
+            // Dropping the lock cannot fail to drop it.
+            Effect::GcRelease { owner } if self.gc.owner == Some(*owner) => {
+                self.gc.owner = None;
+            }
             _ => {}
         }
         Err(error)
@@ -583,6 +662,41 @@ impl MemStore {
             Effect::CopyIntoOutput { to, .. } => {
                 (EffectErrorKind::Io(EIO), format!("creating file `{to}'"))
             }
+            Effect::GcLock { .. } | Effect::GcRelease { .. } => (
+                EffectErrorKind::Io(EIO),
+                "opening global GC lock `/var/guix/gc.lock'".to_owned(),
+            ),
+            Effect::GcReadTempRoots => (
+                EffectErrorKind::Io(EIO),
+                "opening temporary roots file `/var/guix/temproots/1'".to_owned(),
+            ),
+            Effect::GcFindRoots => (
+                EffectErrorKind::Io(EIO),
+                "opening directory `/var/guix/gcroots'".to_owned(),
+            ),
+            Effect::GcRuntimeRoots => {
+                return EffectError::new(
+                    EffectErrorKind::Helper,
+                    "program `guix' failed with exit code 1",
+                );
+            }
+            Effect::GcSnapshot | Effect::GcDeletePath { .. } => {
+                return EffectError::new(
+                    EffectErrorKind::Database,
+                    "querying path in database: disk I/O error",
+                );
+            }
+            Effect::GcPrepareTrash | Effect::GcEmptyTrash => {
+                (EffectErrorKind::Io(EIO), format!("opening `{store}/trash'"))
+            }
+            Effect::GcRemoveUnusedLinks => (
+                EffectErrorKind::Io(EIO),
+                format!("opening directory `{store}/.links'"),
+            ),
+            Effect::VerifyStore { .. } | Effect::OptimiseStore => (
+                EffectErrorKind::Io(EIO),
+                format!("opening directory `{store}'"),
+            ),
             Effect::PrepareBuild { plan, .. } => (
                 EffectErrorKind::Io(EIO),
                 format!(
@@ -648,6 +762,45 @@ impl MemStore {
     /// Records a failed path (`FailedPaths`).
     pub fn insert_failed(&mut self, path: impl Into<String>) {
         self.db.failed.insert(path.into());
+    }
+
+    /// Makes `path` a root on disk, found by `GcFindRoots` under `link`.
+    pub fn add_gc_root(&mut self, link: impl Into<String>, path: StorePath) {
+        self.gc.roots.insert(link.into(), path);
+    }
+
+    /// What `guix gc --list-busy` prints from now on.
+    pub fn set_runtime_roots(&mut self, paths: BTreeSet<StorePath>) {
+        self.gc.runtime_roots = paths;
+    }
+
+    /// The temporary roots other processes hold from now on.
+    pub fn set_foreign_temp_roots(&mut self, paths: BTreeSet<StorePath>) {
+        self.gc.foreign_temp_roots = paths;
+    }
+
+    /// Whether a collection holds `gc.lock`.
+    pub fn gc_locked(&self) -> bool {
+        self.gc.owner.is_some()
+    }
+
+    /// How many times a collection asked for `gc.lock`.
+    pub fn gc_collections(&self) -> u64 {
+        self.gc.collections
+    }
+
+    /// Takes `path`'s files away (as if someone deleted them behind the
+    /// daemon's back), leaving the database alone.
+    pub fn remove_files(&mut self, path: &StorePath) {
+        self.written.items.remove(path);
+        self.durable.items.remove(path);
+    }
+
+    /// Replaces `path`'s files (as if someone modified them), leaving the
+    /// database alone.
+    pub fn replace_files(&mut self, path: &StorePath, tree: NarTree) {
+        self.written.items.insert(path.clone(), tree.clone());
+        self.durable.items.insert(path.clone(), tree);
     }
 
     /// Another process takes (or drops) the OS lock on `path`.
@@ -1167,6 +1320,247 @@ impl MemStore {
         Ok(EffectOutput::Done)
     }
 
+    // ---- the garbage collector
+
+    fn gc_lock(&mut self, owner: u64, wait: bool) -> EffectResult {
+        self.gc.collections += 1;
+        match self.gc.owner {
+            None => {
+                self.gc.owner = Some(owner);
+                Ok(EffectOutput::Locked(true))
+            }
+            Some(o) if o == owner => Err(invalid(
+                "guixd bug: the garbage collector lock was taken twice",
+            )),
+            Some(_) if !wait => Ok(EffectOutput::Locked(false)),
+            // Nothing here can block; a real process would wait forever
+            // if the holder never released it.
+            Some(_) => Err(EffectError::new(
+                EffectErrorKind::Io(EDEADLK),
+                "waiting for the garbage collector lock would never end in the in-memory store",
+            )),
+        }
+    }
+
+    fn find_roots(&self) -> FoundRoots {
+        let mut found = FoundRoots::default();
+        for (link, path) in &self.gc.roots {
+            if self.db.valid.contains_key(path) {
+                found.roots.push((link.clone(), path.clone()));
+            } else {
+                found
+                    .messages
+                    .push(format!("skipping invalid root from `{link}' to `{path}'"));
+            }
+        }
+        found
+    }
+
+    fn gc_snapshot(&self) -> EffectOutput {
+        let ids: BTreeMap<&StorePath, i64> = self
+            .db
+            .valid
+            .keys()
+            .enumerate()
+            .map(|(i, p)| (p, i as i64 + 1))
+            .collect();
+        let mut rows = GcRows::default();
+        for (path, info) in &self.db.valid {
+            let id = ids[path];
+            rows.paths.push(PathRow {
+                id,
+                path: path.to_string(),
+                deriver: info.deriver.as_ref().map(|d| d.to_string()),
+                nar_size: info.nar_size,
+            });
+            for r in &info.references {
+                if let Some(&rid) = ids.get(r) {
+                    rows.references.push((id, rid));
+                }
+            }
+        }
+        for (drv, outputs) in &self.db.derivation_outputs {
+            if let Some(&id) = ids.get(drv) {
+                for out in outputs.values() {
+                    rows.derivation_outputs.push((id, out.to_string()));
+                }
+            }
+        }
+        let mut entries: Vec<String> = self
+            .written
+            .items
+            .keys()
+            .map(|p| p.base_name().to_owned())
+            .chain(
+                self.written
+                    .lock_files
+                    .iter()
+                    .map(|p| format!("{}.lock", p.base_name())),
+            )
+            .collect();
+        entries.sort();
+        entries.dedup();
+        EffectOutput::GcSnapshot { rows, entries }
+    }
+
+    fn gc_delete(&mut self, path: &StorePath, expect_valid: bool) -> EffectResult {
+        let mut nar_size = 0;
+        if let Some(info) = self.db.valid.get(path) {
+            if !expect_valid {
+                return Ok(EffectOutput::GcDeleted(DeleteOutcome::BecameValid));
+            }
+            let users: Vec<String> = self
+                .referrers(path)
+                .into_iter()
+                .filter(|r| r != path)
+                .map(StorePath::into_string)
+                .collect();
+            if !users.is_empty() {
+                return Ok(EffectOutput::GcDeleted(DeleteOutcome::InUse {
+                    referrers: users,
+                }));
+            }
+            nar_size = info.nar_size;
+            self.db.valid.remove(path);
+            self.db.derivation_outputs.remove(path);
+            for paths in self.db.flat_content.values_mut() {
+                paths.remove(path);
+            }
+        }
+        // A lock file is an entry of the store directory of its own.
+        if let Some(base) = path
+            .as_str()
+            .strip_suffix(".lock")
+            .and_then(|b| self.config.store_dir.parse_path(b).ok())
+        {
+            if self.written.lock_files.remove(&base) && !self.held_locks.contains(&base) {
+                self.durable.lock_files.remove(&base);
+                return Ok(EffectOutput::GcDeleted(DeleteOutcome::Deleted {
+                    existed: true,
+                    freed_bytes: 0,
+                    invalidated_bytes: 0,
+                    note: None,
+                }));
+            }
+        }
+        let Some(tree) = self.written.items.remove(path) else {
+            return Ok(EffectOutput::GcDeleted(DeleteOutcome::Deleted {
+                existed: false,
+                freed_bytes: 0,
+                invalidated_bytes: 0,
+                note: None,
+            }));
+        };
+        self.durable.items.remove(path);
+        let outcome = if matches!(tree, NarTree::Directory(_)) {
+            self.gc.trash.push(tree);
+            DeleteOutcome::Deleted {
+                existed: true,
+                freed_bytes: 0,
+                invalidated_bytes: nar_size,
+                note: None,
+            }
+        } else {
+            DeleteOutcome::Deleted {
+                existed: true,
+                freed_bytes: files_size(&tree),
+                invalidated_bytes: 0,
+                note: None,
+            }
+        };
+        Ok(EffectOutput::GcDeleted(outcome))
+    }
+
+    /// `verify-store` without repair, saying what the os layer says.
+    fn verify_store(&mut self, check_contents: bool) -> EffectOutput {
+        let mut report = VerifyReport::default();
+        let say = |report: &mut VerifyReport, level, text: String| {
+            report.messages.push((level, text));
+        };
+        say(&mut report, GcLevel::Error, "reading the store...".into());
+        say(
+            &mut report,
+            GcLevel::Info,
+            "checking path existence...".into(),
+        );
+        let paths: Vec<StorePath> = self.db.valid.keys().cloned().collect();
+        // Referrers come first, so walk the vanished paths from those no
+        // vanished path refers to.
+        let vanished: BTreeSet<StorePath> = paths
+            .iter()
+            .filter(|p| !self.written.items.contains_key(*p))
+            .cloned()
+            .collect();
+        for path in &vanished {
+            let kept = self
+                .referrers(path)
+                .into_iter()
+                .any(|r| &r != path && !vanished.contains(&r));
+            if kept {
+                say(
+                    &mut report,
+                    GcLevel::Error,
+                    format!("path `{path}' disappeared, but it still has valid referrers!"),
+                );
+                report.errors = true;
+                report.repairable.push(Repairable {
+                    path: path.clone(),
+                    vanished: true,
+                    message_index: report.messages.len() - 1,
+                });
+            }
+        }
+        // Invalidate what can go, referrers before what they refer to.
+        let mut left: BTreeSet<StorePath> = vanished;
+        loop {
+            let ready: Vec<StorePath> = left
+                .iter()
+                .filter(|p| self.referrers(p).into_iter().all(|r| &r == *p))
+                .cloned()
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            for path in ready {
+                say(
+                    &mut report,
+                    GcLevel::Error,
+                    format!("path `{path}' disappeared, removing from database..."),
+                );
+                self.db.valid.remove(&path);
+                self.db.derivation_outputs.remove(&path);
+                left.remove(&path);
+            }
+        }
+        if check_contents {
+            say(&mut report, GcLevel::Info, "checking hashes...".into());
+            for (path, info) in &self.db.valid {
+                let Some(tree) = self.written.items.get(path) else {
+                    continue;
+                };
+                let Ok(nar) = tree.to_nar() else { continue };
+                let hash = Hash::sha256(&nar);
+                if hash != info.nar_hash {
+                    report.messages.push((
+                        GcLevel::Error,
+                        format!(
+                            "path `{path}' was modified! expected hash `{}', got `{}'",
+                            info.nar_hash.to_hex(),
+                            hash.to_hex()
+                        ),
+                    ));
+                    report.errors = true;
+                    report.repairable.push(Repairable {
+                        path: path.clone(),
+                        vanished: false,
+                        message_index: report.messages.len() - 1,
+                    });
+                }
+            }
+        }
+        EffectOutput::Verified(report)
+    }
+
     fn try_lock_path(&mut self, path: StorePath) -> EffectResult {
         if self.held_locks.contains(&path) {
             return Err(EffectError::new(
@@ -1181,6 +1575,20 @@ impl MemStore {
         self.held_locks.insert(path);
         Ok(EffectOutput::Locked(true))
     }
+}
+
+/// Bytes of the regular files and symlink targets of `tree`.
+fn files_size(tree: &NarTree) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![tree];
+    while let Some(t) = stack.pop() {
+        match t {
+            NarTree::File { contents, .. } => total += contents.len() as u64,
+            NarTree::Symlink { target } => total += target.len() as u64,
+            NarTree::Directory(entries) => stack.extend(entries.values()),
+        }
+    }
+    total
 }
 
 /// The signature the fake `guix authenticate` makes for `hash`.
@@ -1249,6 +1657,18 @@ pub fn effect_kind(effect: &Effect) -> &'static str {
         Effect::FindFlatContent { .. } => "FindFlatContent",
         Effect::IndexFlatContent { .. } => "IndexFlatContent",
         Effect::CopyIntoOutput { .. } => "CopyIntoOutput",
+        Effect::GcLock { .. } => "GcLock",
+        Effect::GcRelease { .. } => "GcRelease",
+        Effect::GcReadTempRoots => "GcReadTempRoots",
+        Effect::GcFindRoots => "GcFindRoots",
+        Effect::GcRuntimeRoots => "GcRuntimeRoots",
+        Effect::GcSnapshot => "GcSnapshot",
+        Effect::GcPrepareTrash => "GcPrepareTrash",
+        Effect::GcDeletePath { .. } => "GcDeletePath",
+        Effect::GcEmptyTrash => "GcEmptyTrash",
+        Effect::GcRemoveUnusedLinks => "GcRemoveUnusedLinks",
+        Effect::VerifyStore { .. } => "VerifyStore",
+        Effect::OptimiseStore => "OptimiseStore",
     }
 }
 
@@ -1984,6 +2404,89 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(e.kind, EffectErrorKind::NotFound);
+    }
+
+    #[test]
+    fn the_collector_effects_delete_only_what_may_go() {
+        let mut m = mem();
+        let (a, b, c) = (path("a"), path("b"), path("c"));
+        for p in [&a, &b, &c] {
+            write(&mut m, p);
+        }
+        let r = register(
+            &mut m,
+            vec![vec![reg(&a, &[]), reg(&b, &[&a])], vec![reg(&c, &[])]],
+        );
+        assert!(r.iter().all(Result::is_ok));
+        m.add_gc_root("/var/guix/gcroots/c", c.clone());
+        m.add_gc_root("/var/guix/gcroots/gone", path("gone"));
+        assert_eq!(
+            m.run(Effect::GcLock {
+                owner: 1,
+                wait: false
+            }),
+            Ok(EffectOutput::Locked(true))
+        );
+        assert_eq!(
+            m.run(Effect::GcLock {
+                owner: 2,
+                wait: false
+            }),
+            Ok(EffectOutput::Locked(false))
+        );
+        let Ok(EffectOutput::Roots(found)) = m.run(Effect::GcFindRoots) else {
+            panic!("no roots");
+        };
+        assert_eq!(
+            found.roots,
+            vec![("/var/guix/gcroots/c".to_owned(), c.clone())]
+        );
+        assert_eq!(found.messages.len(), 1);
+        let Ok(EffectOutput::GcSnapshot { rows, entries }) = m.run(Effect::GcSnapshot) else {
+            panic!("no snapshot");
+        };
+        assert_eq!(rows.paths.len(), 3);
+        assert_eq!(rows.references.len(), 1);
+        assert_eq!(entries.len(), 3);
+        // `a` is referred to by `b`: refused; `b` goes, then `a`.
+        let delete =
+            |m: &mut MemStore, p: &StorePath, expect_valid| match m.run(Effect::GcDeletePath {
+                path: p.clone(),
+                expect_valid,
+            }) {
+                Ok(EffectOutput::GcDeleted(outcome)) => outcome,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(
+            delete(&mut m, &a, true),
+            DeleteOutcome::InUse {
+                referrers: vec![b.to_string()]
+            }
+        );
+        assert_eq!(delete(&mut m, &c, false), DeleteOutcome::BecameValid);
+        assert!(matches!(
+            delete(&mut m, &b, true),
+            DeleteOutcome::Deleted { existed: true, .. }
+        ));
+        assert!(matches!(
+            delete(&mut m, &a, true),
+            DeleteOutcome::Deleted { existed: true, .. }
+        ));
+        assert!(!m.is_valid(&a) && !m.is_valid(&b) && m.is_valid(&c));
+        assert!(m.violations().is_empty(), "{:?}", m.violations());
+        m.run(Effect::GcRelease { owner: 2 }).unwrap();
+        assert!(m.gc_locked(), "only the holder releases");
+        m.run(Effect::GcRelease { owner: 1 }).unwrap();
+        assert!(!m.gc_locked());
+        // Files gone behind the database's back are found by verify-store.
+        m.remove_files(&c);
+        let Ok(EffectOutput::Verified(report)) = m.run(Effect::VerifyStore {
+            check_contents: false,
+        }) else {
+            panic!("no report");
+        };
+        assert!(!report.errors);
+        assert!(!m.is_valid(&c));
     }
 
     #[test]

@@ -223,13 +223,10 @@ const TRACE_LINES_DEFAULT: usize = 80;
 /// Daemon log lines of core bugs already reported and not fixed yet: they
 /// are counted in [`SimReport::known_bugs`] instead of failing the run, so
 /// that the simulator keeps looking for others. Remove an entry once its
-/// bug is fixed.
-///
-/// - "unknown build log": after a `LogWrite` fails, the build's goal asks
-///   for `LogClose` of that log, and then again when the build ends; the
-///   second close names a log the os layer no longer knows
-///   (`GUIXD_SEED=2239756161855516286` in `injected_faults_and_crashes`).
-const KNOWN_CORE_BUGS: &[&str] = &["unknown build log"];
+/// bug is fixed. (None now: "unknown build log", a log closed twice after
+/// a failed `LogWrite`, was fixed; `GUIXD_SEED=2239756161855516286` in
+/// `injected_faults_and_crashes` showed it.)
+const KNOWN_CORE_BUGS: &[&str] = &[];
 
 /// The wall clock at virtual time zero (late 2023).
 const WALL_ORIGIN_S: u64 = 1_700_000_000;
@@ -1222,11 +1219,6 @@ impl World {
                 write_export_marker(&mut bundle, false);
                 let fail_at = if !signed {
                     Some((0, format!("imported archive of `{path}' lacks a signature")))
-                } else if path.is_derivation() {
-                    // A gap of the core (its own words), even for a `.drv`
-                    // that is valid already, which the C++ daemon imports
-                    // as a no-op.
-                    Some((0, "importing derivations is not supported yet".to_owned()))
                 } else {
                     None
                 };
@@ -2914,20 +2906,14 @@ mod tests {
         check_seeds(&config, runs(50));
     }
 
-    /// Core bug: a task dropped while its registration batch is in flight
-    /// (a build goal whose last client hung up, or any session at
-    /// shutdown) gives its locks back at once, without deleting the lock
-    /// files, and the batch commits afterwards. The path becomes valid
-    /// after its lock was released: its `.lock` file stays, and another
-    /// process or session can take the lock meanwhile, find the path not
-    /// yet valid and write it again. The window is narrow: few random
-    /// seeds hit it, but `GUIXD_SEED=2239756161855516424` (a client hangs
-    /// up while its fixed-output build registers) fails this test every
-    /// time. The same happens to sessions at shutdown: with 4 clients of
-    /// 40 operations, `shutdown_ppm` 1 000 000 and `hangup_ppm` 0, seed
-    /// 2239756161855516283 leaves the lock file of an imported item.
+    /// A task dropped while its registration batch is in flight (a build
+    /// goal whose last client hung up, or any session at shutdown) keeps
+    /// its locks until the batch commits, and then gives them back with
+    /// their lock files deleted: no valid path keeps a `.lock` file, and no
+    /// one can take the lock of a path about to become valid.
+    /// `GUIXD_SEED=2239756161855516424` (a client hangs up while its
+    /// fixed-output build registers) failed this before the fix.
     #[test]
-    #[ignore = "core bug: a dropped task releases its locks before its in-flight registration commits"]
     fn lock_files_of_valid_paths_are_deleted() {
         let config = SimConfig {
             clients: 3,
@@ -2938,18 +2924,13 @@ mod tests {
         check_seeds(&config, runs(50));
     }
 
-    /// Core bug: a session that asks for a build already running gets the
-    /// builder's start trace queued by `Daemon::replay_started`, which does
-    /// not mark the session for polling, so the trace waits in its queue
-    /// until something else wakes the session. When the trace alone
-    /// outweighs `output_buffer_bytes`, the goal counts as congested for
-    /// good, its builder's log is never read again, and the build is
-    /// killed by the silence timeout and fails with status 101 although
-    /// the builder succeeded. Few random seeds hit it (a client must join
-    /// a running build while the buffer is that small), but
-    /// `GUIXD_SEED=2541655552301820569` fails this test every time.
+    /// A session that joins a running build gets the builder's start
+    /// trace replayed, and must be woken to pass it on: with output
+    /// buffers this small, a trace left queued would count the goal as
+    /// congested for good, its log would never be read again and the
+    /// silence timeout would fail a build that succeeded
+    /// (`GUIXD_SEED=2541655552301820569` did so before the fix).
     #[test]
-    #[ignore = "core bug: replay_started queues start traces without waking the session"]
     fn tiny_output_buffers() {
         let config = SimConfig {
             clients: 3,

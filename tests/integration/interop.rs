@@ -220,8 +220,13 @@ fn run_script(daemon: &Daemon, script: &str, args: &[&str]) -> Run {
     let host = crate::support::root::host(&transcript);
     keep_transcript(&host, script, daemon.implementation());
     let (steps, failures) = match std::fs::read(&host) {
-        Ok(bytes) => parse_transcript(&bytes)
-            .unwrap_or_else(|e| panic!("bad transcript {}: {e}", host.display())),
+        Ok(bytes) => parse_transcript(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "bad transcript {}: {e}\nthe script: {}",
+                host.display(),
+                output.describe()
+            )
+        }),
         Err(_) => (Vec::new(), Vec::new()),
     };
     Run {

@@ -8,8 +8,8 @@
 ;;; `<busybox>/bin/sh -c SCRIPT' with `<busybox>/bin' as PATH.
 ;;;
 ;;; Keeps true: what a build step records depends only on the daemon's
-;;; behaviour: the process ids in `@ build-started' and `@ build-log'
-;;; lines are replaced by `PID', and nothing else of the log text is
+;;; behaviour: the process ids in `@ build-started', `@ build-log' and
+;;; `killing process' lines are replaced by `PID', and nothing else of the log text is
 ;;; changed; a step that builds records the outcome (status and message),
 ;;; the log text and, for each output, whether it is valid and its path
 ;;; info (hash, size, references, deriver).
@@ -88,7 +88,11 @@ STORE; return its store path."
                 'pre 1 "PID\n" 'post))
          (text (regexp-substitute/global
                 #f "@ build-log [0-9]+ " text
-                'pre "@ build-log PID " 'post)))
+                'pre "@ build-log PID " 'post))
+         ;; The builder's process id as the daemon sees it.
+         (text (regexp-substitute/global
+                #f "killing process [0-9]+\n" text
+                'pre "killing process PID\n" 'post)))
     text))
 
 (define (lines-matching text prefix)
@@ -98,6 +102,13 @@ STORE; return its store path."
 
 (define (count-lines text prefix)
   (length (lines-matching text prefix)))
+
+(define (count-traces text trace)
+  "How many times the build trace TRACE (such as `@ build-started') shows
+in TEXT; the client may put a `|' margin in front of a trace line."
+  (count (lambda (line)
+           (string-prefix? trace (string-trim line (char-set #\| #\space))))
+         (string-split text #\newline)))
 
 ;;; Reference graphs.
 
@@ -118,10 +129,10 @@ path, an empty deriver line, the number of references and the references."
 (define %last-log "")
 
 (define* (build! label store things #:key (mode (build-mode normal))
-                 (encode (const #t)))
+                 (encode (const #t)) (record-log? #t))
   "Build THINGS (derivations, derivation file names or store paths) on
-STORE; record the outcome and the normalized log under LABEL and return
-the outcome.  The raw log text is left in `%last-log'."
+STORE; record the outcome and, if RECORD-LOG?, the normalized log under
+LABEL and return the outcome.  The raw log text is left in `%last-log'."
   (let* ((log (open-output-string))
          (files (map (lambda (x) (if (derivation? x) (drv-file x) x)) things))
          (outcome (parameterize ((current-build-output-port log))
@@ -133,15 +144,16 @@ the outcome.  The raw log text is left in `%last-log'."
       (format (current-error-port) "~a: ~s~%~a~%" label outcome text))
     (record! label
              (append (outcome->json outcome encode)
-                     (if (string-null? text)
+                     (if (or (string-null? text) (not record-log?))
                          '()
                          `(("log" . ,(normalize-log text))))))
     outcome))
 
-(define* (expect-built! label store things #:key (mode (build-mode normal)))
+(define* (expect-built! label store things #:key (mode (build-mode normal))
+                        (record-log? #t))
   "Like `build!', and check that the build succeeded."
-  (let ((o (build! label store things #:mode mode)))
-    (check! label (ok? o) o)
+  (let ((o (build! label store things #:mode mode #:record-log? record-log?)))
+    (check! label (ok? o) o %last-log)
     o))
 
 (define* (expect-build-error! label store things text status
@@ -194,3 +206,26 @@ valid."
 (define (output-file drv file)
   "The name of FILE inside DRV's `out' output."
   (string-append (derivation->output-path drv) "/" file))
+
+;;; Programs and stored logs.
+
+(define (command-output . argv)
+  "Run ARGV; return its exit status and its standard output as text (its
+standard error goes to ours)."
+  (let* ((port (apply open-pipe* OPEN_READ argv))
+         (text (get-string-all port))
+         (status (close-pipe port)))
+    (values (status:exit-val status) text)))
+
+(define (stored-log store file)
+  "The stored build log of FILE (a derivation file name) as text, or #f if
+there is none; compressed logs are uncompressed with busybox."
+  (let ((log (log-file store file)))
+    (and log
+         (let-values (((status text)
+                       (cond ((string-suffix? ".gz" log)
+                              (command-output "/bin/busybox" "gunzip" "-c" log))
+                             ((string-suffix? ".bz2" log)
+                              (command-output "/bin/busybox" "bunzip2" "-c" log))
+                             (else (values 0 (file-text log))))))
+           (and (eqv? status 0) text)))))

@@ -288,6 +288,30 @@ imported items as they are afterwards."
                                                   (make-string 32 #\4)
                                                   "-gone.drv"))
                        own-key)))
+;; A derivation: the daemon checks its output paths, as for
+;; add-text-to-store, and records them.
+(define (drv-text out)
+  (string-append "Derive([(\"out\",\"" out "\",\"\",\"\")],"
+                 "[],[],\"x86_64-linux\",\"/bin/sh\",[],"
+                 "[(\"out\",\"" out "\")])"))
+(define imported-drv-out
+  ;; Without inputs, hashDerivationModulo is the hash of the text with the
+  ;; output paths left empty.
+  (output-path "out" (sha256 (string->utf8 (drv-text ""))) "imported"))
+(define imported-drv-text (drv-text imported-drv-out))
+(define imported-drv-path
+  (text-store-path "imported.drv" imported-drv-text '()))
+(define imported-drv-nar
+  (nar-bytes (make-tree "imported.drv"
+                        `(regular ,(string->utf8 imported-drv-text)))))
+(imported! "import a derivation"
+           (list (list imported-drv-path imported-drv-nar '() "" own-key)))
+(expect-ok! "import a derivation: its outputs"
+            (lambda () (query-derivation-outputs s imported-drv-path))
+            #:encode paths->json)
+(imported! "import a derivation again"
+           (list (list imported-drv-path imported-drv-nar '() "" own-key)))
+
 (export! "export imported items, signed"
          (list a-path b-path c-path d-path e-path) #t)
 

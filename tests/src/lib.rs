@@ -2,9 +2,12 @@
 //! programs in this package.
 //!
 //! Keeps true: nothing here is used by the daemon itself; it only locates
-//! test data (golden vectors) and, later, the Guix root and daemons to run.
+//! test data (golden vectors) and runs the side-by-side benchmark
+//! ([`bench`]) against daemons in the Guix root.
 
 use std::path::PathBuf;
+
+pub mod bench;
 
 /// The directory of golden vectors produced by the real Guix client
 /// (`tests/golden/`).

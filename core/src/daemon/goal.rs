@@ -1182,11 +1182,10 @@ impl DrvGoal {
                     }
                     writing = None;
                     if let Err(e) = result {
-                        // The build goes on without its log file.
+                        // The build goes on without writing its log file,
+                        // which the attempt's caller still closes (once).
                         self.ctx.log_daemon(format!("error: {}", e.message));
-                        if let Some(id) = log.take() {
-                            self.close_log(id).await;
-                        }
+                        log = None;
                     }
                 }
                 GoalEvent::Deadline => {

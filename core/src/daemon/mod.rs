@@ -46,9 +46,17 @@
 //!   (for goals) every child it started has exited and closed its log;
 //!   what it left behind (uploads, dumps, locks, build directories, open
 //!   logs) is cleaned up then.
+//! - A collection (see `gc.rs`) never holds anything other tasks wait
+//!   for beyond one victim's lock; while it runs, every temporary root
+//!   another task holds or adds is remembered for it (`gc_watches`), so
+//!   a session that ends cannot take its protection away mid-collection;
+//!   a victim's deletion is checked against them once more when the
+//!   writer starts it, and validity queries about that path wait until
+//!   it is done (`gc_deleting`).
 //! - Iteration whose order shows in outputs is over ordered maps.
 
 mod build_env;
+mod gc;
 mod goal;
 mod report;
 mod sched;
@@ -163,6 +171,14 @@ pub struct Daemon {
     writer: Writer,
     /// Paths already written to this daemon's temp-roots file.
     temp_roots_in_file: BTreeSet<StorePath>,
+    /// For each collection running (by its session): every temporary root
+    /// other tasks held when it started or added since, even if their
+    /// session ended meanwhile (see `gc.rs`).
+    gc_watches: BTreeMap<TaskId, BTreeSet<StorePath>>,
+    /// The path whose collector deletion (`GcDeletePath`) the writer runs
+    /// now, and the validity queries about it held back until it is done.
+    gc_deleting: Option<StorePath>,
+    gc_parked: Vec<(TaskId, Token, Effect)>,
     /// Source of upload, dump, build, log and child ids, shared with tasks.
     ids: Rc<std::cell::Cell<u64>>,
     /// The memo of derivation modulo hashes, shared with sessions.
@@ -199,6 +215,11 @@ enum Owner {
 struct Writer {
     queued: VecDeque<(TaskId, Token, WriterJob)>,
     in_flight: Option<WriterFlight>,
+    /// Locks of tasks stopped while their registration was in flight: they
+    /// are released when it commits (deleting the lock files if it did),
+    /// never before, so no one can take a path's lock and find it invalid
+    /// while it is about to become valid.
+    held_for_batch: BTreeMap<TaskId, BTreeSet<LockRequestId>>,
 }
 
 #[derive(Debug)]
@@ -286,6 +307,9 @@ impl Daemon {
             lock_owners: BTreeMap::new(),
             writer: Writer::default(),
             temp_roots_in_file: BTreeSet::new(),
+            gc_watches: BTreeMap::new(),
+            gc_deleting: None,
+            gc_parked: Vec::new(),
             ids: Rc::new(std::cell::Cell::new(0)),
             drv_hashes,
             sched: Sched::new(slots),
@@ -758,7 +782,18 @@ impl Daemon {
                 if let Some(st) = self.state_mut(task) {
                     st.effects_in_flight += 1;
                 }
-                self.start_effect(Owner::Task { task, token }, effect);
+                // Whether a path being deleted is valid is answered once
+                // the deletion is done: a session that protected it just
+                // now then finds it invalid and adds it again.
+                let asks_deleting = self
+                    .gc_deleting
+                    .as_ref()
+                    .is_some_and(|p| asks_validity_of(&effect, p));
+                if asks_deleting {
+                    self.gc_parked.push((task, token, effect));
+                } else {
+                    self.start_effect(Owner::Task { task, token }, effect);
+                }
             }
             Request::Lock(paths) => {
                 let lock = self.locks.acquire(paths);
@@ -787,6 +822,11 @@ impl Daemon {
                 self.start_writer();
             }
             Request::TempRootFile(path) => {
+                for (watcher, roots) in &mut self.gc_watches {
+                    if *watcher != task {
+                        roots.insert(path.clone());
+                    }
+                }
                 if self.temp_roots_in_file.insert(path.clone()) {
                     self.start_effect(Owner::Background, Effect::AddTempRoot { path });
                 }
@@ -837,7 +877,76 @@ impl Daemon {
                 self.outputs.push_back(Output::Spawn { child, build });
             }
             Request::Kill { child } => self.kill_child(child),
+            Request::CancelLock(lock_token) => {
+                let found = self
+                    .lock_owners
+                    .iter()
+                    .find(|(_, owner)| **owner == (task, lock_token))
+                    .map(|(lock, _)| *lock);
+                if let Some(lock) = found {
+                    self.lock_owners.remove(&lock);
+                    if let Some(st) = self.state_mut(task) {
+                        st.locks.remove(&lock);
+                        // A grant that arrived meanwhile is not awaited.
+                        st.shared.borrow_mut().completions.remove(&lock_token);
+                    }
+                    self.locks.cancel(lock);
+                }
+            }
+            Request::OtherTempRoots => {
+                let mut roots = self.gc_watches.get(&task).cloned().unwrap_or_default();
+                for shared in self.others_shared(task) {
+                    roots.extend(shared.borrow().temp_roots.iter().cloned());
+                }
+                self.complete(task, token, Completion::TempRoots(roots));
+            }
+            Request::Protected(paths) => {
+                let protected = self.gc_protected(task, &paths);
+                self.complete(task, token, Completion::Protected(protected));
+            }
+            Request::GcWatch(start) => {
+                if start {
+                    let mut roots = BTreeSet::new();
+                    for shared in self.others_shared(task) {
+                        roots.extend(shared.borrow().temp_roots.iter().cloned());
+                    }
+                    self.gc_watches.insert(task, roots);
+                } else {
+                    self.gc_watches.remove(&task);
+                }
+            }
         }
+    }
+
+    /// Whether a task other than the collector `collector` holds one of
+    /// `paths` as a temporary root, or did since the collection started.
+    fn gc_protected(&self, collector: TaskId, paths: &[StorePath]) -> bool {
+        let watched = self
+            .gc_watches
+            .get(&collector)
+            .is_some_and(|roots| paths.iter().any(|p| roots.contains(p)));
+        watched
+            || self.others_shared(collector).iter().any(|shared| {
+                let s = shared.borrow();
+                paths.iter().any(|p| s.temp_roots.contains(p))
+            })
+    }
+
+    /// The mailboxes of every task but `except` (sessions, including those
+    /// still draining, and goals): whose temporary roots a collection
+    /// must respect.
+    fn others_shared(&self, except: TaskId) -> Vec<Rc<RefCell<Shared>>> {
+        let conns = self
+            .live_conns()
+            .filter(|c| TaskId::Conn(*c) != except)
+            .filter_map(|c| self.conn_ref(c))
+            .map(|c| c.state.shared.clone());
+        let goals = self
+            .goals
+            .iter()
+            .filter(|(g, _)| TaskId::Goal(**g) != except)
+            .map(|(_, g)| g.state.shared.clone());
+        conns.chain(goals).collect()
     }
 
     /// Says once per goal that it waits for builds of other sessions (the
@@ -919,6 +1028,9 @@ impl Daemon {
                 s.build_event_bytes += trace.weight_bytes();
                 s.build_events.push_back(Rc::new(trace));
             }
+            // The session must run to pass the trace on: until it does, the
+            // trace counts against its output buffer.
+            self.dirty.insert(TaskId::Conn(conn));
         }
     }
 
@@ -1076,6 +1188,25 @@ impl Daemon {
             else {
                 return;
             };
+            if let Effect::GcDeletePath { path, .. } = effect.as_ref() {
+                // The last look before the deletion: a root added while the
+                // job waited in the queue keeps the path.
+                if self.gc_protected(task, &gc::guarded_paths(&self.config.dirs.store, path)) {
+                    let kept = crate::gc::DeleteOutcome::InUse {
+                        referrers: Vec::new(),
+                    };
+                    self.complete(
+                        task,
+                        token,
+                        Completion::Effect(Ok(EffectOutput::GcDeleted(kept))),
+                    );
+                    // At most one deletion is queued (collections take
+                    // turns on gc.lock), so this recursion is shallow.
+                    self.start_writer();
+                    return;
+                }
+                self.gc_deleting = Some(path.clone());
+            }
             self.writer.in_flight = Some(WriterFlight::Single(task, token));
             self.start_effect(Owner::Writer, *effect);
             return;
@@ -1103,6 +1234,11 @@ impl Daemon {
         match self.writer.in_flight.take() {
             Some(WriterFlight::Single(task, token)) => {
                 self.complete(task, token, Completion::Effect(result));
+                if self.gc_deleting.take().is_some() {
+                    for (task, token, effect) in std::mem::take(&mut self.gc_parked) {
+                        self.start_effect(Owner::Task { task, token }, effect);
+                    }
+                }
             }
             Some(WriterFlight::Batch(waiters)) => {
                 let results: Vec<Result<(), EffectError>> = match result {
@@ -1117,6 +1253,11 @@ impl Daemon {
                     Err(e) => vec![Err(e); waiters.len()],
                 };
                 for ((task, token), r) in waiters.into_iter().zip(results) {
+                    if let Some(locks) = self.writer.held_for_batch.remove(&task) {
+                        for lock in locks {
+                            self.locks.release(lock, r.is_ok());
+                        }
+                    }
                     self.complete(task, token, Completion::Registered(r));
                 }
             }
@@ -1128,14 +1269,27 @@ impl Daemon {
     /// Stops a task's coroutine and withdraws what it asked for: waiting
     /// writes and locks, its alarm.
     fn stop_task(&mut self, id: TaskId) {
+        self.gc_watches.remove(&id);
         let Some(st) = self.state_mut(id) else {
             return;
         };
         st.task = None;
         let locks = std::mem::take(&mut st.locks);
+        let registering = matches!(
+            &self.writer.in_flight,
+            Some(WriterFlight::Batch(waiters)) if waiters.iter().any(|(t, _)| *t == id)
+        );
         for lock in locks {
             self.lock_owners.remove(&lock);
-            self.locks.cancel(lock);
+            if registering && self.locks.is_granted(lock) {
+                self.writer
+                    .held_for_batch
+                    .entry(id)
+                    .or_default()
+                    .insert(lock);
+            } else {
+                self.locks.cancel(lock);
+            }
         }
         self.writer.queued.retain(|(t, _, _)| *t != id);
         self.set_alarm(id, None);
@@ -1230,6 +1384,15 @@ impl TaskState {
             effects_in_flight: 0,
             locks: BTreeSet::new(),
         }
+    }
+}
+
+/// Whether `effect` asks whether `path` is valid.
+fn asks_validity_of(effect: &Effect, path: &StorePath) -> bool {
+    match effect {
+        Effect::QueryPathInfo { path: p } => p == path,
+        Effect::QueryValidPaths { paths } => paths.contains(path),
+        _ => false,
     }
 }
 

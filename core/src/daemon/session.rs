@@ -12,7 +12,11 @@
 //! - every store item is written under a temporary name or a lock, made
 //!   canonical, moved into place and only then registered; a session that
 //!   goes away leaves at most invalid leftovers, which the machine cleans
-//!   up through `leftovers`.
+//!   up through `leftovers` (and a collection's `gc.lock`, released);
+//! - collect-garbage, find-roots, verify-store and optimise-store run as
+//!   this session's work (`gc.rs`); a TCP peer is refused collect-garbage
+//!   before its fields are read, and repair is refused to untrusted
+//!   peers after `startWork`, as in the daemon.
 
 use super::report::{self, Level, LogType, ReportOptions};
 use super::sched::{BuildMode, BuildOptions, GoalExit, GoalKey, GoalResult};
@@ -28,7 +32,7 @@ use crate::effect::{
 };
 use crate::export::{self, ExportOutcome};
 use crate::hash::{Hash, HashAlgo, Hasher};
-use crate::nar::{NarEvent, NarParser};
+use crate::nar::{NarEvent, NarParser, NarTree};
 use crate::settings::Settings;
 use crate::store_path::{StoreDir, StorePath};
 use crate::wire::{self, HelloDecoder, HelloEvent, Op, Reply, Request, RequestDecoder, WireError};
@@ -54,7 +58,8 @@ pub(crate) fn leftovers(shared: &Shared) -> Vec<Effect> {
         .iter()
         .map(|&upload| Effect::UploadDiscard { upload });
     let dumps = shared.dumps.iter().map(|&dump| Effect::DumpEnd { dump });
-    uploads.chain(dumps).collect()
+    let gc = shared.gc_owner.map(|owner| Effect::GcRelease { owner });
+    uploads.chain(dumps).chain(gc).collect()
 }
 
 /// Serves one connection until the client leaves or the session must end.
@@ -197,8 +202,12 @@ impl Session {
                 })
                 .await;
             let request = match decoded {
-                // EOF between requests is how a client says goodbye; EOF
-                // inside one ends the session all the same.
+                // EOF between requests is how a client says goodbye. EOF
+                // inside one ends the session all the same, with the
+                // daemon's words for a client that may still read.
+                Err(Disconnected) if decoder.pending_op().is_some() => {
+                    return self.fatal("unexpected end-of-file");
+                }
                 Err(Disconnected) => return Ok(()),
                 Ok(Ok(Decoded::Request(r))) => r,
                 Ok(Ok(Decoded::RemoteGc)) => {
@@ -549,15 +558,139 @@ impl Session {
                 let r = self.build_paths(things, BuildMode::from_wire(mode)).await?;
                 self.finish(r, |()| Reply::BuildPaths);
             }
-            R::CollectGarbage(_) | R::FindRoots | R::OptimiseStore | R::VerifyStore { .. } => {
+            R::CollectGarbage(request) => {
+                let paths = self.store_paths(&request.paths)?;
                 self.start_work();
-                let r: OpResult<()> = Err(OpError::new(
-                    "garbage collection and store maintenance are not supported by this guixd yet",
-                ));
-                self.finish(r, |()| Reply::SyncWithGc);
+                let r = self.collect_garbage(request, paths).await;
+                self.finish(r, Reply::CollectGarbage);
+            }
+            R::FindRoots => {
+                self.start_work();
+                let ctx = self.ctx.clone();
+                let r = super::gc::find_roots(&ctx, &mut |l, m| self.log(l, m)).await;
+                self.finish(r.map_err(OpError::new), Reply::FindRoots);
+            }
+            R::OptimiseStore => {
+                self.start_work();
+                let ctx = self.ctx.clone();
+                let r = super::gc::optimise(&ctx, &mut |l, m| self.log(l, m)).await;
+                self.finish(r.map_err(OpError::new), |()| Reply::OptimiseStore);
+            }
+            R::VerifyStore {
+                check_contents,
+                repair,
+            } => {
+                self.start_work();
+                let r = self.verify_store(check_contents, repair).await?;
+                self.finish(r, Reply::VerifyStore);
             }
         }
         Ok(())
+    }
+
+    // ---- garbage collection and store maintenance (see `gc.rs`)
+
+    /// Collect-garbage (op 20), after `startWork`.
+    async fn collect_garbage(
+        &mut self,
+        request: wire::GcRequest,
+        paths: Vec<StorePath>,
+    ) -> OpResult<wire::GcResult> {
+        if request.ignore_liveness {
+            return Err(OpError::new("you are not allowed to ignore liveness"));
+        }
+        let typed = self.settings.typed();
+        let mut collect = super::gc::CollectRequest::new(
+            request.action,
+            paths.into_iter().collect(),
+            request.max_freed_bytes,
+        );
+        collect.keep_outputs = typed.gc_keep_outputs;
+        collect.keep_derivations = typed.gc_keep_derivations;
+        collect.seed = self.config.seed ^ self.ctx.fresh_id();
+        let ctx = self.ctx.clone();
+        let store = self.store.clone();
+        super::gc::collect(&ctx, &store, collect, &mut |l, m| self.log(l, m))
+            .await
+            .map_err(OpError::new)
+    }
+
+    /// Verify-store (op 35), after `startWork`: whether errors remain.
+    /// With `repair`, each modified path, and each vanished one that valid
+    /// paths still need, is repaired right after the line that reported
+    /// it, as the daemon's `repairPath` does (guixd has no substitution to
+    /// try first, so it rebuilds the path's valid deriver).
+    async fn verify_store(
+        &mut self,
+        check_contents: bool,
+        repair: bool,
+    ) -> Result<OpResult<bool>, End> {
+        if repair && !self.trusted {
+            return Ok(Err(OpError::new("you are not privileged to repair paths")));
+        }
+        let report = match self
+            .ctx
+            .effect(Effect::VerifyStore { check_contents })
+            .await
+        {
+            Ok(EffectOutput::Verified(report)) => report,
+            Ok(other) => return Ok(Err(unexpected(other))),
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let mut errors = if repair {
+            report.other_errors
+        } else {
+            report.errors
+        };
+        let mut repairs = report.repairable.into_iter().peekable();
+        for (i, (level, text)) in report.messages.into_iter().enumerate() {
+            self.log(super::gc::level_of(level), text);
+            while let Some(r) = repairs.next_if(|r| r.message_index == i) {
+                if !repair {
+                    continue;
+                }
+                if let Err(message) = self.repair_path(&r.path).await? {
+                    let prefix = if r.vanished { "warning" } else { "error" };
+                    self.log(Level::Error, format!("{prefix}: {message}"));
+                    errors = true;
+                }
+            }
+        }
+        Ok(Ok(errors))
+    }
+
+    /// Repairs a valid path by rebuilding its valid deriver in repair mode;
+    /// the error text when that is impossible.
+    async fn repair_path(&mut self, path: &StorePath) -> Result<Result<(), String>, End> {
+        let cannot = || format!("cannot repair path `{path}'");
+        let deriver = match self.path_info(path).await {
+            Ok(info) => info.deriver,
+            Err(_) => None,
+        };
+        let Some(drv) = deriver else {
+            return Ok(Err(cannot()));
+        };
+        if !matches!(self.is_valid(&drv).await, Ok(true)) {
+            return Ok(Err(cannot()));
+        }
+        let results = self
+            .realise(
+                vec![GoalKey::Derivation {
+                    drv,
+                    outputs: BTreeSet::new(),
+                    mode: BuildMode::Repair,
+                }],
+                false,
+            )
+            .await?;
+        Ok(match results.into_iter().next().flatten() {
+            Some(r) if r.exit == GoalExit::Success => Ok(()),
+            Some(GoalResult {
+                escaped: Some(message),
+                ..
+            }) => Err(message),
+            _ => Err(cannot()),
+        })
     }
 
     // ---- builds
@@ -1241,7 +1374,10 @@ impl Session {
                     let ready = parser.is_done() || chunk.len() >= chunk_max;
                     Ok::<_, String>((used, ready.then_some(())))
                 })
-                .await?;
+                .await
+                // The input ended inside the NAR: the upload goes, and a
+                // client that may still read gets the daemon's words.
+                .unwrap_or_else(|Disconnected| Err("unexpected end-of-file".to_owned()));
             if let Err(message) = step {
                 let id = upload.take();
                 self.discard_upload(id).await;
@@ -1380,6 +1516,13 @@ impl Session {
         let mut pending: Vec<u8> = Vec::new();
         let mut upload: Option<UploadId> = None;
         let mut in_nar = false;
+        // The item's name comes after its NAR: each NAR is also kept, up
+        // to a derivation's size limit, in case it turns out to be a `.drv`
+        // whose outputs must be registered.
+        let drv_nar_max = usize::try_from(self.config.limits.drv_file_max_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_add(DRV_NAR_OVERHEAD_BYTES);
+        let mut drv_nar: Option<Vec<u8>> = None;
         let result = loop {
             let mut nar_bytes = Vec::new();
             let mut event = None;
@@ -1429,6 +1572,13 @@ impl Session {
             if let Some(message) = failure {
                 break Err(OpError::new(message));
             }
+            if let Some(kept) = &mut drv_nar {
+                if kept.len() + nar_bytes.len() <= drv_nar_max {
+                    kept.extend_from_slice(&nar_bytes);
+                } else {
+                    drv_nar = None;
+                }
+            }
             if let Some(id) = upload {
                 if !nar_bytes.is_empty() {
                     if let Err(e) = self
@@ -1460,13 +1610,14 @@ impl Session {
                         break Err(e.into());
                     }
                     upload = Some(id);
+                    drv_nar = Some(Vec::new());
                     continue;
                 }
                 Some(Import::Item(item)) => {
                     let Some(id) = upload.take() else {
                         break Err(OpError::new("guixd bug: imported item without upload"));
                     };
-                    let r = self.import_item(id, &item).await;
+                    let r = self.import_item(id, &item, drv_nar.take()).await;
                     self.discard_upload(Some(id)).await;
                     match r {
                         Ok(path) => imported.push(path),
@@ -1490,10 +1641,13 @@ impl Session {
         Ok(result)
     }
 
+    /// Verifies, installs and registers one imported item. `nar` is its
+    /// NAR when it was small enough to keep, which a `.drv` must be.
     async fn import_item(
         &mut self,
         upload: UploadId,
         item: &export::ExportedItem,
+        nar: Option<Vec<u8>>,
     ) -> OpResult<StorePath> {
         let path = self.store.parse_path(&item.path)?;
         let Some(signature) = &item.signature else {
@@ -1540,8 +1694,9 @@ impl Session {
             let d = self.store.parse_path(&item.deriver)?;
             self.is_valid(&d).await?.then_some(d)
         };
+        // An imported derivation is checked as an added one is.
         let derivation_outputs = if path.is_derivation() {
-            let text = self.read_upload_text(upload).await?;
+            let text = self.imported_drv_text(&path, nar)?;
             self.check_derivation(&path, &text).await?
         } else {
             Vec::new()
@@ -1558,10 +1713,23 @@ impl Session {
         Ok(path)
     }
 
-    /// The contents of an imported `.drv`, from the NAR it came in.
-    async fn read_upload_text(&mut self, upload: UploadId) -> OpResult<Vec<u8>> {
-        let _ = upload;
-        Err(OpError::new("importing derivations is not supported yet"))
+    /// The contents of an imported `.drv`, from the NAR it came in, which
+    /// must hold one regular file no larger than a derivation may be.
+    fn imported_drv_text(&self, path: &StorePath, nar: Option<Vec<u8>>) -> OpResult<Vec<u8>> {
+        let too_large = || OpError::new(format!("derivation `{path}' is too large"));
+        let nar = nar.ok_or_else(too_large)?;
+        match NarTree::from_nar(&nar, self.config.limits.nar.clone()) {
+            Ok(NarTree::File { contents, .. }) => {
+                if contents.len() as u64 > self.config.limits.drv_file_max_bytes {
+                    return Err(too_large());
+                }
+                Ok(contents)
+            }
+            Ok(_) => Err(OpError::new(format!(
+                "derivation `{path}' is not a regular file"
+            ))),
+            Err(e) => Err(OpError::new(e.to_string())),
+        }
     }
 
     /// One `STDERR_READ` round trip: asks for up to 32 KiB, as the daemon's
@@ -1694,6 +1862,10 @@ enum Import {
 
 /// Parses `.drv` text as the daemon reads a derivation: bytes after the
 /// closing parenthesis are ignored, like the C++ parser does.
+/// What a one-file NAR adds to the file's contents: its framing and the
+/// padding of the contents.
+const DRV_NAR_OVERHEAD_BYTES: usize = 256;
+
 fn parse_drv(drv_path: &str, text: &[u8]) -> OpResult<Derivation> {
     derivation::parse_derivation(text, derivation::DrvLimits::default())
         .map(|(drv, _consumed)| drv)

@@ -19,6 +19,11 @@
 //! each poll and arms its timer table from what the poll left. A wait that
 //! is no longer polled (the task moved on) so leaves no stale timer behind.
 //!
+//! A collecting session also asks the machine about other tasks'
+//! temporary roots (`OtherTempRoots`, `Protected`, `GcWatch`) and waits for
+//! a victim's lock only until a deadline (`Ctx::lock_until`, withdrawn with
+//! `CancelLock`).
+//!
 //! Keeps true:
 //! - the mailbox is the only state shared between a session and the machine
 //!   (an `Rc<RefCell<_>>`, single-threaded; never borrowed across an await);
@@ -91,6 +96,19 @@ pub(crate) enum Request {
     Kill {
         child: ChildId,
     },
+    /// Withdraws the lock request made with this token, granted or not.
+    /// No completion (one that arrived meanwhile is dropped).
+    CancelLock(Token),
+    /// The temporary roots of every other task (sessions and goals);
+    /// completes with `TempRoots`.
+    OtherTempRoots,
+    /// Whether another task holds any of these paths as a temporary root,
+    /// or did at any time since this task's `GcWatch(true)`; completes
+    /// with `Protected`.
+    Protected(Vec<StorePath>),
+    /// Starts (`true`) or stops remembering every temporary root other
+    /// tasks hold or add, for a collection. No completion.
+    GcWatch(bool),
 }
 
 /// What the machine answers to a [`Request`].
@@ -106,6 +124,8 @@ pub(crate) enum Completion {
     SlotReleased {
         others_max: usize,
     },
+    TempRoots(BTreeSet<StorePath>),
+    Protected(bool),
 }
 
 /// What the runtime reported about a child.
@@ -179,6 +199,9 @@ pub(crate) struct Shared {
     /// Goals: the `@ build-started` trace of the builder running now, for
     /// sessions that come to wait for the goal later.
     pub started_trace: Option<BuildEvent>,
+    /// Sessions: the collection (its owner id) that may hold `gc.lock`,
+    /// to release should the session be dropped.
+    pub gc_owner: Option<u64>,
     next_token: u64,
 }
 
@@ -543,6 +566,61 @@ impl Ctx {
             Completion::Locked(h) => h,
             other => unreachable_completion(other),
         }
+    }
+
+    /// Asks for a lock on `paths` and waits for it until `deadline` at
+    /// most; `None` (the request withdrawn) when it was not granted by
+    /// then.
+    pub(crate) async fn lock_until(
+        &self,
+        paths: BTreeSet<StorePath>,
+        deadline: Instant,
+    ) -> Option<LockHandle> {
+        let token = self.start(Request::Lock(paths));
+        match self.wait_goal_event(&[token], Some(deadline)).await {
+            GoalEvent::Completed(_, Completion::Locked(h)) => Some(h),
+            GoalEvent::Completed(_, other) => unreachable_completion(other),
+            // Sessions have no children; anything else means the deadline.
+            GoalEvent::Child(..) | GoalEvent::Deadline => {
+                self.start(Request::CancelLock(token));
+                None
+            }
+        }
+    }
+
+    /// From now on until [`Ctx::gc_unwatch`], every temporary root other
+    /// tasks hold now or add later counts for this task's collection, even
+    /// once their session ended.
+    pub(crate) fn gc_watch(&self) {
+        self.start(Request::GcWatch(true));
+    }
+
+    /// Ends [`Ctx::gc_watch`].
+    pub(crate) fn gc_unwatch(&self) {
+        self.start(Request::GcWatch(false));
+    }
+
+    /// The temporary roots of every other session and goal (and, during a
+    /// watch, every one they held since it started).
+    pub(crate) async fn other_temp_roots(&self) -> BTreeSet<StorePath> {
+        match self.ask(Request::OtherTempRoots).await {
+            Completion::TempRoots(roots) => roots,
+            other => unreachable_completion(other),
+        }
+    }
+
+    /// Whether another session or goal holds one of `paths` as a
+    /// temporary root.
+    pub(crate) async fn is_protected(&self, paths: Vec<StorePath>) -> bool {
+        match self.ask(Request::Protected(paths)).await {
+            Completion::Protected(p) => p,
+            other => unreachable_completion(other),
+        }
+    }
+
+    /// Records (or forgets) the collection that may hold `gc.lock`.
+    pub(crate) fn set_gc_owner(&self, owner: Option<u64>) {
+        self.shared.borrow_mut().gc_owner = owner;
     }
 
     /// Gives a lock back; `delete` says its paths became valid.

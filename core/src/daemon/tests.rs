@@ -2,7 +2,10 @@
 //! store, fake builders and virtual time drives the real `Daemon` through
 //! the wire protocol, and checks what clients see and what the store ends
 //! up with (shared builds, keep-going, failing inputs, timeouts, cached
-//! failures, retries, check mode and rounds).
+//! failures, retries, check mode and rounds), and the same for garbage
+//! collections and store maintenance against a fake collector (roots and
+//! other sessions' temporary roots kept, referrers first, paths found in
+//! use revived, locks held elsewhere skipped, the daemon's messages).
 
 use super::*;
 use crate::build_plan::{BuildPlan, LogId, OutputCheck, OutputFound, OutputRefused};
@@ -82,6 +85,7 @@ struct Store {
     results: BTreeMap<BuildId, (bool, u64)>,
     spawned: Vec<StorePath>,
     locks_deleted: Vec<StorePath>,
+    gc: GcFake,
 }
 
 struct World {
@@ -158,6 +162,7 @@ impl World {
                 results: BTreeMap::new(),
                 spawned: Vec::new(),
                 locks_deleted: Vec::new(),
+                gc: GcFake::default(),
             },
             effects: VecDeque::new(),
             children: BTreeMap::new(),
@@ -581,7 +586,9 @@ impl Store {
                     .extend(paths.iter().map(|p| p.as_str().to_owned()));
                 Ok(EffectOutput::Done)
             }
-            Effect::TryLockPath { .. } => Ok(EffectOutput::Locked(true)),
+            Effect::TryLockPath { path } => {
+                Ok(EffectOutput::Locked(!self.gc.foreign_locks.contains(&path)))
+            }
             Effect::UnlockPath { path, delete } => {
                 if delete {
                     self.locks_deleted.push(path);
@@ -683,6 +690,19 @@ impl Store {
                     content_hash: expected,
                 }))
             }
+            e @ (Effect::GcLock { .. }
+            | Effect::GcRelease { .. }
+            | Effect::GcReadTempRoots
+            | Effect::GcFindRoots
+            | Effect::GcRuntimeRoots
+            | Effect::GcSnapshot
+            | Effect::GcPrepareTrash
+            | Effect::GcDeletePath { .. }
+            | Effect::GcEmptyTrash
+            | Effect::GcRemoveUnusedLinks
+            | Effect::VerifyStore { .. }
+            | Effect::OptimiseStore
+            | Effect::WriteText { .. }) => self.run_gc(e),
             other => panic!("the fake store does not do {other:?}"),
         }
     }
@@ -1269,4 +1289,744 @@ fn fixed_outputs_reuse_what_the_store_holds() {
     );
     assert_eq!(w.store.spawned.len(), 1);
     assert!(w.store.valid.contains_key(&World::out("f2")));
+}
+
+// ---- garbage collection (see gc.rs)
+
+/// The collector's side of the fake store.
+#[derive(Debug, Default)]
+struct GcFake {
+    /// Who holds `gc.lock`.
+    owner: Option<u64>,
+    /// Roots on disk: link → item.
+    roots: BTreeMap<String, StorePath>,
+    /// Other processes' temporary roots.
+    foreign_temp_roots: BTreeSet<StorePath>,
+    /// Deletions asked for, in order.
+    deleted: Vec<StorePath>,
+    /// A victim gains this referrer just before its deletion (as if a
+    /// registration won the race).
+    late_referrer: Option<(StorePath, StorePath)>,
+    releases: usize,
+    /// Paths whose lock file another process holds.
+    foreign_locks: BTreeSet<StorePath>,
+    /// What verify-store finds modified.
+    modified: Option<StorePath>,
+}
+
+impl Store {
+    fn run_gc(&mut self, effect: Effect) -> EffectResult {
+        use crate::gc::{DeleteOutcome, FoundRoots, GcRows, PathRow, TempRootsRead, TrashPrepared};
+        match effect {
+            Effect::GcLock { owner, .. } => {
+                assert!(self.gc.owner.is_none(), "gc.lock taken twice");
+                self.gc.owner = Some(owner);
+                Ok(EffectOutput::Locked(true))
+            }
+            Effect::GcRelease { owner } => {
+                if self.gc.owner == Some(owner) {
+                    self.gc.owner = None;
+                    self.gc.releases += 1;
+                }
+                Ok(EffectOutput::Done)
+            }
+            Effect::GcReadTempRoots => {
+                assert!(self.gc.owner.is_some());
+                Ok(EffectOutput::TempRoots(TempRootsRead {
+                    roots: self.gc.foreign_temp_roots.clone(),
+                    messages: vec![
+                        "removing stale temporary roots file `/var/guix/temproots/7'".into(),
+                    ],
+                }))
+            }
+            Effect::GcFindRoots => {
+                let mut found = FoundRoots::default();
+                for (link, path) in &self.gc.roots {
+                    if self.valid.contains_key(path) {
+                        found.roots.push((link.clone(), path.clone()));
+                    } else {
+                        found
+                            .messages
+                            .push(format!("skipping invalid root from `{link}' to `{path}'"));
+                    }
+                }
+                Ok(EffectOutput::Roots(found))
+            }
+            Effect::GcRuntimeRoots => Ok(EffectOutput::Paths(BTreeSet::new())),
+            Effect::GcSnapshot => {
+                let ids: BTreeMap<&StorePath, i64> = self
+                    .valid
+                    .keys()
+                    .enumerate()
+                    .map(|(i, p)| (p, i as i64 + 1))
+                    .collect();
+                let mut rows = GcRows::default();
+                for (path, info) in &self.valid {
+                    rows.paths.push(PathRow {
+                        id: ids[path],
+                        path: path.to_string(),
+                        deriver: info.deriver.as_ref().map(|d| d.to_string()),
+                        nar_size: info.nar_size,
+                    });
+                    for r in &info.references {
+                        rows.references.push((ids[path], ids[r]));
+                    }
+                }
+                let entries = self
+                    .files
+                    .keys()
+                    .chain(self.valid.keys())
+                    .map(|p| p.base_name().to_owned())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                Ok(EffectOutput::GcSnapshot { rows, entries })
+            }
+            Effect::GcPrepareTrash => Ok(EffectOutput::TrashPrepared(TrashPrepared {
+                use_trash: true,
+                freed_bytes: 0,
+                note: None,
+            })),
+            Effect::GcDeletePath { path, expect_valid } => {
+                if let Some((victim, referrer)) = self.gc.late_referrer.clone() {
+                    if victim == path {
+                        let mut info = self.valid[&path].clone();
+                        info.path = referrer.clone();
+                        info.references = BTreeSet::from([path.clone()]);
+                        self.valid.insert(referrer, info);
+                        self.gc.late_referrer = None;
+                    }
+                }
+                if self.valid.contains_key(&path) {
+                    if !expect_valid {
+                        return Ok(EffectOutput::GcDeleted(DeleteOutcome::BecameValid));
+                    }
+                    let users: Vec<String> = self
+                        .valid
+                        .values()
+                        .filter(|i| i.path != path && i.references.contains(&path))
+                        .map(|i| i.path.to_string())
+                        .collect();
+                    if !users.is_empty() {
+                        return Ok(EffectOutput::GcDeleted(DeleteOutcome::InUse {
+                            referrers: users,
+                        }));
+                    }
+                    self.valid.remove(&path);
+                }
+                self.gc.deleted.push(path.clone());
+                let existed = self.files.remove(&path);
+                Ok(EffectOutput::GcDeleted(DeleteOutcome::Deleted {
+                    existed: existed.is_some(),
+                    freed_bytes: existed.map_or(0, |b| b.len() as u64),
+                    invalidated_bytes: 0,
+                    note: None,
+                }))
+            }
+            Effect::GcEmptyTrash => Ok(EffectOutput::Freed(1000)),
+            Effect::GcRemoveUnusedLinks => Ok(EffectOutput::Links(crate::gc::LinksReport {
+                freed_bytes: 10,
+                saved_bytes: 2048,
+            })),
+            Effect::VerifyStore { check_contents } => {
+                let mut report = crate::gc::VerifyReport::default();
+                report
+                    .messages
+                    .push((crate::gc::Level::Error, "reading the store...".into()));
+                if check_contents {
+                    report
+                        .messages
+                        .push((crate::gc::Level::Info, "checking hashes...".into()));
+                    if let Some(path) = self.gc.modified.clone() {
+                        report.messages.push((
+                            crate::gc::Level::Error,
+                            format!("path `{path}' was modified! expected hash `0', got `1'"),
+                        ));
+                        report.errors = true;
+                        report.repairable.push(crate::gc::Repairable {
+                            path,
+                            vanished: false,
+                            message_index: report.messages.len() - 1,
+                        });
+                    }
+                }
+                Ok(EffectOutput::Verified(report))
+            }
+            Effect::WriteText { dest, contents } => {
+                let measured = crate::effect::Measured {
+                    nar_hash: Hash::sha256(&contents),
+                    nar_size: contents.len() as u64,
+                    content_hash: Hash::sha256(&contents),
+                };
+                self.files.insert(dest, contents);
+                Ok(EffectOutput::Measured(measured))
+            }
+            Effect::OptimiseStore => Ok(EffectOutput::Optimised(crate::gc::OptimiseReport {
+                files_linked: 3,
+                bytes_freed: 4096,
+                warnings: Vec::new(),
+            })),
+            other => panic!("not a collector effect: {other:?}"),
+        }
+    }
+}
+
+impl World {
+    /// A valid item `name` (a file of `size` bytes) referring to `refs`.
+    fn item(&mut self, name: &str, refs: &[&StorePath], size: usize) -> StorePath {
+        let path = sp(name);
+        self.store.valid.insert(
+            path.clone(),
+            ValidPathInfo {
+                path: path.clone(),
+                deriver: None,
+                nar_hash: Hash::sha256(name.as_bytes()),
+                references: refs.iter().map(|r| (*r).clone()).collect(),
+                registration_time: 1,
+                nar_size: size as u64,
+            },
+        );
+        self.store.files.insert(path.clone(), vec![b'x'; size]);
+        path
+    }
+
+    fn gc(&mut self, conn: ConnId, action: u32, paths: &[&StorePath], max_freed_bytes: u64) {
+        self.request(
+            conn,
+            wire::Request::CollectGarbage(wire::GcRequest {
+                action,
+                paths: things(paths),
+                ignore_liveness: false,
+                max_freed_bytes,
+            }),
+        );
+    }
+}
+
+fn gc_reply(r: &Response) -> wire::GcResult {
+    match &r.reply {
+        Some(Reply::CollectGarbage(gc)) => gc.clone(),
+        other => panic!("no collect-garbage reply: {other:?} {:?}", r.error),
+    }
+}
+
+fn verbose(o: &mut ClientOptions) {
+    o.verbosity = 1;
+}
+
+#[test]
+fn delete_dead_spares_roots_their_closure_and_other_sessions_temp_roots() {
+    let mut w = World::new(&[]);
+    let lib = w.item("lib", &[], 10);
+    let app = w.item("app", &[&lib], 20);
+    let junk = w.item("junk", &[], 30);
+    let junk_user = w.item("junk-user", &[&junk], 40);
+    let held = w.item("held", &[], 50);
+    let mine = w.item("mine", &[], 60);
+    let foreign = w.item("foreign", &[], 70);
+    w.store
+        .gc
+        .roots
+        .insert("/var/guix/gcroots/app".into(), app.clone());
+    w.store.gc.foreign_temp_roots.insert(foreign.clone());
+    let other = w.connect(&[], |_| {});
+    w.request(
+        other,
+        wire::Request::AddTempRoot {
+            path: held.to_string(),
+        },
+    );
+    let c = w.connect(&[], verbose);
+    // The collecting session's own temporary roots do not count, as with
+    // the C++ daemon.
+    w.request(
+        c,
+        wire::Request::AddTempRoot {
+            path: mine.to_string(),
+        },
+    );
+    w.gc(c, 2, &[], u64::MAX);
+    let r = w
+        .response(c, &[Op::AddTempRoot, Op::CollectGarbage])
+        .unwrap();
+    let gc = gc_reply(&r);
+    let mut expected = vec![junk.to_string(), junk_user.to_string(), mine.to_string()];
+    expected.sort();
+    assert_eq!(gc.paths, expected);
+    // 10+… bytes of files, the trash and the unused links.
+    assert_eq!(gc.bytes_freed, 30 + 40 + 60 + 1000 + 10);
+    for p in [&lib, &app, &held, &foreign] {
+        assert!(w.store.valid.contains_key(p), "{p} was collected");
+    }
+    // Referrers go before what they refer to.
+    let order = &w.store.gc.deleted;
+    let at = |p: &StorePath| order.iter().position(|d| d == p).unwrap();
+    assert!(at(&junk_user) < at(&junk));
+    let text = r.text();
+    assert!(
+        text.starts_with("finding garbage collector roots...\n"),
+        "{text}"
+    );
+    assert!(text.contains("removing stale temporary roots file `/var/guix/temproots/7'\n"));
+    assert!(text.contains("deleting garbage...\n"));
+    assert!(text.contains(&format!("] deleting '{junk}'\n")), "{text}");
+    assert!(text.contains("deleting `/gnu/store/trash'\ndeleting unused links...\n"));
+    assert!(
+        text.ends_with("note: currently hard linking saves    2.00 KiB\n"),
+        "{text}"
+    );
+    assert_eq!(w.store.gc.owner, None);
+    assert_eq!(w.store.gc.releases, 1);
+    // Every victim's lock file went with it.
+    assert!(w.store.locks_deleted.contains(&junk));
+}
+
+#[test]
+fn quiet_clients_see_only_error_level_messages() {
+    let mut w = World::new(&[]);
+    w.item("junk", &[], 30);
+    let c = w.connect(&[], |_| {});
+    w.gc(c, 2, &[], u64::MAX);
+    let r = w.response(c, &[Op::CollectGarbage]).unwrap();
+    assert_eq!(
+        r.text(),
+        "finding garbage collector roots...\n\
+         removing stale temporary roots file `/var/guix/temproots/7'\n\
+         deleting garbage...\n\
+         deleting unused links...\n"
+    );
+}
+
+#[test]
+fn return_live_and_return_dead_list_without_deleting() {
+    let mut w = World::new(&[]);
+    let lib = w.item("lib", &[], 10);
+    let app = w.item("app", &[&lib], 20);
+    let junk = w.item("junk", &[], 30);
+    w.store
+        .gc
+        .roots
+        .insert("/var/guix/gcroots/app".into(), app.clone());
+    let c = w.connect(&[], |_| {});
+    w.gc(c, 0, &[], u64::MAX);
+    w.gc(c, 1, &[], u64::MAX);
+    let r = w.responses(c, &[Op::CollectGarbage, Op::CollectGarbage]);
+    let mut live = vec![lib.to_string(), app.to_string()];
+    live.sort();
+    assert_eq!(gc_reply(&r[2]).paths, live);
+    assert!(r[2].text().contains("determining live/dead paths...\n"));
+    assert_eq!(gc_reply(&r[3]).paths, vec![junk.to_string()]);
+    assert_eq!(gc_reply(&r[3]).bytes_freed, 0);
+    assert!(w.store.gc.deleted.is_empty());
+    assert!(w.store.valid.contains_key(&junk));
+    assert_eq!(w.store.gc.owner, None);
+}
+
+#[test]
+fn delete_specific_refuses_live_paths_and_takes_dead_referrers() {
+    let mut w = World::new(&[]);
+    let lib = w.item("lib", &[], 10);
+    let app = w.item("app", &[&lib], 20);
+    let junk = w.item("junk", &[], 30);
+    let junk_user = w.item("junk-user", &[&junk], 40);
+    w.store
+        .gc
+        .roots
+        .insert("/var/guix/gcroots/app".into(), app.clone());
+    let c = w.connect(&[], |_| {});
+    w.gc(c, 3, &[&lib], u64::MAX);
+    w.gc(c, 3, &[&junk], u64::MAX);
+    let r = w.responses(c, &[Op::CollectGarbage, Op::CollectGarbage]);
+    assert_eq!(
+        r[2].error,
+        Some((
+            format!("cannot delete path `{lib}' since it is still alive"),
+            1
+        ))
+    );
+    let mut gone = vec![junk.to_string(), junk_user.to_string()];
+    gone.sort();
+    assert_eq!(gc_reply(&r[3]).paths, gone);
+    assert!(w.store.valid.contains_key(&lib));
+    assert!(!w.store.valid.contains_key(&junk_user));
+    assert_eq!(w.store.gc.owner, None);
+}
+
+#[test]
+fn a_path_that_gained_a_referrer_is_revived() {
+    let mut w = World::new(&[]);
+    let junk = w.item("junk", &[], 30);
+    let late = sp("late");
+    w.store.gc.late_referrer = Some((junk.clone(), late.clone()));
+    let c = w.connect(&[], |_| {});
+    w.gc(c, 2, &[], u64::MAX);
+    let r = w.response(c, &[Op::CollectGarbage]).unwrap();
+    assert!(gc_reply(&r).paths.is_empty(), "{r:?}");
+    assert!(w.store.valid.contains_key(&junk));
+    // Now that its new referrer is a root, asking for it by name fails.
+    w.store
+        .gc
+        .roots
+        .insert("/var/guix/gcroots/late".into(), late.clone());
+    w.gc(c, 3, &[&junk], u64::MAX);
+    let r = w.responses(c, &[Op::CollectGarbage, Op::CollectGarbage]);
+    assert_eq!(
+        r[3].error,
+        Some((
+            format!("cannot delete path `{junk}' since it is still alive"),
+            1
+        ))
+    );
+}
+
+#[test]
+fn liveness_cannot_be_ignored_and_max_freed_stops_the_collection() {
+    let mut w = World::new(&[]);
+    for i in 0..5 {
+        w.item(&format!("junk{i}"), &[], 100);
+    }
+    let c = w.connect(&[], verbose);
+    w.request(
+        c,
+        wire::Request::CollectGarbage(wire::GcRequest {
+            action: 2,
+            paths: Vec::new(),
+            ignore_liveness: true,
+            max_freed_bytes: u64::MAX,
+        }),
+    );
+    w.gc(c, 2, &[], 150);
+    let r = w.responses(c, &[Op::CollectGarbage, Op::CollectGarbage]);
+    assert_eq!(
+        r[2].error,
+        Some(("you are not allowed to ignore liveness".to_owned(), 1))
+    );
+    let gc = gc_reply(&r[3]);
+    assert_eq!(gc.paths.len(), 2, "{gc:?}");
+    let text = r[3].text();
+    assert!(text.contains("[0%] deleting '"), "{text}");
+    assert!(text.contains("[66%] deleting '"), "{text}");
+    assert!(text.contains("deleted or invalidated more than 150 bytes; stopping\n"));
+    // max-freed 0: nothing at all.
+    w.gc(c, 2, &[], 0);
+    let r = w.responses(
+        c,
+        &[Op::CollectGarbage, Op::CollectGarbage, Op::CollectGarbage],
+    );
+    assert!(gc_reply(&r[4]).paths.is_empty());
+    assert!(!r[4].text().contains("deleting garbage..."));
+}
+
+#[test]
+fn find_roots_verify_and_optimise_reply_like_the_daemon() {
+    let mut w = World::new(&[]);
+    let app = w.item("app", &[], 10);
+    w.store.gc.roots.insert("/home/u/app".into(), app.clone());
+    w.store.gc.roots.insert("/home/u/gone".into(), sp("gone"));
+    let c = w.connect(&[], verbose);
+    w.request(c, wire::Request::FindRoots);
+    w.request(
+        c,
+        wire::Request::VerifyStore {
+            check_contents: true,
+            repair: false,
+        },
+    );
+    w.request(c, wire::Request::OptimiseStore);
+    let r = w.responses(c, &[Op::FindRoots, Op::VerifyStore, Op::OptimiseStore]);
+    assert_eq!(
+        r[2].reply,
+        Some(Reply::FindRoots(vec![(
+            "/home/u/app".into(),
+            app.to_string()
+        )]))
+    );
+    assert_eq!(
+        r[2].text(),
+        format!(
+            "skipping invalid root from `/home/u/gone' to `{}'\n",
+            sp("gone")
+        )
+    );
+    assert_eq!(r[3].reply, Some(Reply::VerifyStore(false)));
+    assert_eq!(r[3].text(), "reading the store...\nchecking hashes...\n");
+    assert_eq!(r[4].reply, Some(Reply::OptimiseStore));
+    assert_eq!(r[4].text(), "   4.00 KiB freed by hard-linking 3 files\n");
+}
+
+#[test]
+fn a_session_dropped_mid_collection_releases_gc_lock() {
+    let mut w = World::new(&[]);
+    w.item("junk", &[], 30);
+    let c = w.connect(&[], |_| {});
+    // Hold the effects back: the collection stops after asking for the
+    // lock.
+    let mut bytes = Vec::new();
+    wire::encode_request(
+        &wire::Request::CollectGarbage(wire::GcRequest {
+            action: 2,
+            paths: Vec::new(),
+            ignore_liveness: false,
+            max_freed_bytes: u64::MAX,
+        }),
+        0x64,
+        &mut bytes,
+    );
+    w.d.handle_input(w.now, c, &bytes);
+    let mut held = Vec::new();
+    while let Some(output) = w.d.poll_output() {
+        if let Output::Effect { id, effect } = output {
+            held.push((id, effect));
+        }
+    }
+    assert!(
+        held.iter().any(|(_, e)| matches!(e, Effect::GcLock { .. })),
+        "{held:?}"
+    );
+    w.d.handle_input_closed(w.now, c);
+    for (id, effect) in held {
+        let result = w.store.run(effect);
+        w.d.handle_effect(w.now, id, result);
+    }
+    w.settle();
+    assert_eq!(w.store.gc.owner, None);
+    assert_eq!(w.store.gc.releases, 1);
+}
+
+#[test]
+fn a_path_locked_elsewhere_is_skipped_after_a_short_wait() {
+    let mut w = World::new(&[]);
+    let busy = w.item("busy", &[], 30);
+    let junk = w.item("junk", &[], 40);
+    w.store.gc.foreign_locks.insert(busy.clone());
+    let c = w.connect(&[], |_| {});
+    w.gc(c, 2, &[], u64::MAX);
+    assert!(w.response(c, &[Op::CollectGarbage]).is_none());
+    for _ in 0..10 {
+        w.advance(Duration::from_millis(100));
+    }
+    let r = w.response(c, &[Op::CollectGarbage]).unwrap();
+    assert_eq!(gc_reply(&r).paths, vec![junk.to_string()]);
+    assert!(w.store.valid.contains_key(&busy));
+    assert_eq!(w.store.gc.owner, None);
+}
+
+#[test]
+fn verify_store_repairs_only_what_it_can_and_says_why_not() {
+    let mut w = World::new(&[]);
+    let app = w.item("app", &[], 10);
+    w.store.gc.modified = Some(app.clone());
+    let c = w.connect(&[], |_| {});
+    for repair in [false, true] {
+        w.request(
+            c,
+            wire::Request::VerifyStore {
+                check_contents: true,
+                repair,
+            },
+        );
+    }
+    let r = w.responses(c, &[Op::VerifyStore, Op::VerifyStore]);
+    let modified = format!("path `{app}' was modified! expected hash `0', got `1'\n");
+    assert_eq!(r[2].reply, Some(Reply::VerifyStore(true)));
+    assert_eq!(r[2].text(), format!("reading the store...\n{modified}"));
+    // No deriver: nothing to rebuild it with.
+    assert_eq!(r[3].reply, Some(Reply::VerifyStore(true)));
+    assert_eq!(
+        r[3].text(),
+        format!("reading the store...\n{modified}error: cannot repair path `{app}'\n")
+    );
+}
+
+#[test]
+fn untrusted_clients_may_not_repair() {
+    let mut w = World::new(&[]);
+    let conn =
+        w.d.handle_accept(
+            w.now,
+            Peer {
+                kind: PeerKind::Unix {
+                    pid: 2,
+                    uid: 1000,
+                    gid: 1000,
+                },
+                user_name: None,
+            },
+        )
+        .unwrap();
+    let mut bytes = Vec::new();
+    wire::write_client_magic(&mut bytes);
+    wire::encode_client_hello(&ClientHello::default(), 0x64, &mut bytes);
+    w.input(conn, &bytes);
+    w.request(
+        conn,
+        wire::Request::VerifyStore {
+            check_contents: false,
+            repair: true,
+        },
+    );
+    let bytes = w.sent.get(&conn).cloned().unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains("you are not privileged to repair paths"),
+        "{text}"
+    );
+    assert!(!w.closed.contains(&conn), "the session goes on");
+}
+
+#[test]
+fn a_temp_root_of_a_session_that_ended_during_the_collection_still_counts() {
+    let mut w = World::new(&[]);
+    let junk = w.item("junk", &[], 30);
+    let other_junk = w.item("other-junk", &[], 30);
+    let c = w.connect(&[], |_| {});
+    let p = w.connect(&[], |_| {});
+    let mut bytes = Vec::new();
+    wire::encode_request(
+        &wire::Request::CollectGarbage(wire::GcRequest {
+            action: 2,
+            paths: Vec::new(),
+            ignore_liveness: false,
+            max_freed_bytes: u64::MAX,
+        }),
+        0x64,
+        &mut bytes,
+    );
+    w.d.handle_input(w.now, c, &bytes);
+    // The collection holds gc.lock; meanwhile a session protects `junk`
+    // (as if it had just added it and linked it from gcroots, too late
+    // for the scan) and goes away.
+    let mut held = Vec::new();
+    let step = |w: &mut World, held: &mut Vec<(EffectId, Effect)>| {
+        while let Some(output) = w.d.poll_output() {
+            match output {
+                Output::Effect { id, effect } => held.push((id, effect)),
+                Output::Send { conn, data } => {
+                    let n = data.len();
+                    w.sent.entry(conn).or_default().extend(data);
+                    w.d.handle_written(w.now, conn, n);
+                }
+                _ => {}
+            }
+        }
+    };
+    step(&mut w, &mut held);
+    let (id, effect) = held.remove(0);
+    assert!(matches!(effect, Effect::GcLock { .. }), "{effect:?}");
+    let result = w.store.run(effect);
+    w.d.handle_effect(w.now, id, result);
+    step(&mut w, &mut held);
+    let mut add = Vec::new();
+    wire::encode_request(
+        &wire::Request::AddTempRoot {
+            path: junk.to_string(),
+        },
+        0x64,
+        &mut add,
+    );
+    w.d.handle_input(w.now, p, &add);
+    w.d.handle_input_closed(w.now, p);
+    step(&mut w, &mut held);
+    for (id, effect) in held.drain(..) {
+        let result = w.store.run(effect);
+        w.d.handle_effect(w.now, id, result);
+    }
+    w.settle();
+    let r = w.response(c, &[Op::CollectGarbage]).unwrap();
+    assert_eq!(gc_reply(&r).paths, vec![other_junk.to_string()]);
+    assert!(w.store.valid.contains_key(&junk));
+}
+
+#[test]
+fn a_path_added_again_while_it_is_deleted_is_added_after_the_deletion() {
+    let mut w = World::new(&[]);
+    let contents = b"junk contents".to_vec();
+    let junk = store_dir()
+        .make_text_path("junk", &Hash::sha256(&contents), &BTreeSet::new())
+        .unwrap();
+    w.store.valid.insert(
+        junk.clone(),
+        ValidPathInfo {
+            path: junk.clone(),
+            deriver: None,
+            nar_hash: Hash::sha256(&contents),
+            references: BTreeSet::new(),
+            registration_time: 1,
+            nar_size: contents.len() as u64,
+        },
+    );
+    w.store.files.insert(junk.clone(), contents.clone());
+    let c = w.connect(&[], |_| {});
+    let p = w.connect(&[], |_| {});
+    let mut deletion = None;
+    // Runs every effect but the deletion of `junk`, which is kept back.
+    let run = |w: &mut World, deletion: &mut Option<(EffectId, Effect)>| loop {
+        let mut moved = false;
+        while let Some(output) = w.d.poll_output() {
+            moved = true;
+            match output {
+                Output::Effect { id, effect } => {
+                    if matches!(effect, Effect::GcDeletePath { .. }) {
+                        *deletion = Some((id, effect));
+                    } else {
+                        w.effects.push_back((id, effect));
+                    }
+                }
+                Output::Send { conn, data } => {
+                    let n = data.len();
+                    w.sent.entry(conn).or_default().extend(data);
+                    w.d.handle_written(w.now, conn, n);
+                }
+                _ => {}
+            }
+        }
+        if let Some((id, effect)) = w.effects.pop_front() {
+            let result = w.store.run(effect);
+            w.d.handle_effect(w.now, id, result);
+            continue;
+        }
+        if !moved {
+            break;
+        }
+    };
+    let mut bytes = Vec::new();
+    wire::encode_request(
+        &wire::Request::CollectGarbage(wire::GcRequest {
+            action: 2,
+            paths: Vec::new(),
+            ignore_liveness: false,
+            max_freed_bytes: u64::MAX,
+        }),
+        0x64,
+        &mut bytes,
+    );
+    w.d.handle_input(w.now, c, &bytes);
+    run(&mut w, &mut deletion);
+    let (id, effect) = deletion.take().expect("the deletion was asked for");
+    // While it runs, a client adds the very same text.
+    let mut bytes = Vec::new();
+    wire::encode_request(
+        &wire::Request::AddTextToStore {
+            name: "junk".into(),
+            contents: contents.clone(),
+            references: Vec::new(),
+        },
+        0x64,
+        &mut bytes,
+    );
+    w.d.handle_input(w.now, p, &bytes);
+    run(&mut w, &mut deletion);
+    assert!(
+        w.response(p, &[Op::AddTextToStore]).is_none(),
+        "answered too early"
+    );
+    let result = w.store.run(effect);
+    w.d.handle_effect(w.now, id, result);
+    w.settle();
+    let gc = gc_reply(&w.response(c, &[Op::CollectGarbage]).unwrap());
+    assert_eq!(gc.paths, vec![junk.to_string()]);
+    let r = w.response(p, &[Op::AddTextToStore]).unwrap();
+    assert_eq!(r.reply, Some(Reply::AddTextToStore(junk.to_string())));
+    assert!(w.store.valid.contains_key(&junk), "added again");
+    assert_eq!(w.store.files.get(&junk), Some(&contents));
 }

@@ -22,7 +22,12 @@
 //! - in chroot mode the builder is PID 1 of its PID namespace, so killing
 //!   it kills every process of the build; without a chroot, `finish` kills
 //!   the builder's process group (it called `setsid`) and, with a build
-//!   user, every process of that user.
+//!   user, every process of that user;
+//! - every build directory of a prepared build is named in the build
+//!   journal (`<state>/guixd-builds/<pid>-<build id>`, written whole before
+//!   the directory is used, removed before the directory is deleted), so
+//!   a daemon started after a crash deletes the build directories of dead
+//!   daemon processes ([`Builds::new`]) and never one of a live process.
 
 mod logs;
 mod outputs;
@@ -113,7 +118,10 @@ impl Builds {
                 guix_program: config.dirs.guix_program.clone(),
                 slirp4netns: PathBuf::from(sandbox::SLIRP4NETNS),
             },
-            state_dir: config.dirs.state.clone(),
+            state_dir: {
+                remove_stale_build_dirs(&journal_dir(&config.dirs.state));
+                config.dirs.state.clone()
+            },
             daemon_uid: config.uid,
             table: Mutex::new(HashMap::new()),
             spawner: None,
@@ -140,6 +148,7 @@ impl Builds {
             Some(user)
         };
         let layout = sandbox::prepare(&self.host, &plan, user.as_ref())?;
+        journal_add(&self.journal_entry(build), &layout.build_dir);
         let info = BuildInfo {
             drv_path: plan.drv_path.clone(),
             chroot_root: layout.chroot_root.clone(),
@@ -241,6 +250,11 @@ impl Builds {
         })
     }
 
+    /// The journal file of `build` (see the module documentation).
+    fn journal_entry(&self, build: BuildId) -> PathBuf {
+        journal_dir(&self.state_dir).join(format!("{}-{}", std::process::id(), build.0))
+    }
+
     /// `FinishBuild`: kills what is left of the build, deletes the chroot,
     /// deletes the build directory or keeps it (handed to `owner_uid` when
     /// given and not root), and releases the build user. Finishing a build
@@ -254,6 +268,10 @@ impl Builds {
         let Some(prepared) = self.table().remove(&build) else {
             return Ok(EffectOutput::Done);
         };
+        // Forgotten first: a crash from here on leaves the directory
+        // behind rather than have a later daemon delete a name that may
+        // have been reused.
+        let _ = std::fs::remove_file(self.journal_entry(build));
         let chroot = prepared.chroot_top.is_some();
         let mut first_error: Option<EffectError> = None;
         let mut note = |r: Result<(), EffectError>| {
@@ -502,6 +520,73 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The build journal's directory (see the module documentation).
+fn journal_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("guixd-builds")
+}
+
+/// Notes `build_dir` in the journal file `entry`, written whole (a
+/// temporary file renamed into place). The journal only serves the
+/// clean-up after a crash, so a failure costs nothing else and is ignored.
+fn journal_add(entry: &Path, build_dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(dir) = entry.parent() else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(dir);
+    let mut temp = entry.as_os_str().to_owned();
+    temp.push(".tmp");
+    let temp = PathBuf::from(temp);
+    if std::fs::write(&temp, build_dir.as_os_str().as_bytes()).is_ok() {
+        let _ = std::fs::rename(&temp, entry);
+    }
+}
+
+/// Deletes the build directories named in journal files of daemon
+/// processes that no longer run, and those files; called once, before
+/// this process prepares any build. Only directories named
+/// `guix-build-*` are ever deleted; failures are reported and skipped.
+fn remove_stale_build_dirs(journal: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(entries) = std::fs::read_dir(journal) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        // This process has prepared no build yet (this runs when `Builds`
+        // is made), so its own id in a name means an earlier process had it.
+        if pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if !name.ends_with(".tmp") {
+            if let Ok(bytes) = std::fs::read(entry.path()) {
+                let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
+                let is_build_dir = dir.is_absolute()
+                    && dir
+                        .file_name()
+                        .is_some_and(|n| n.as_bytes().starts_with(b"guix-build-"));
+                if is_build_dir {
+                    if let Err(e) = sandbox::delete_tree(&dir) {
+                        if e.kind() != io::ErrorKind::NotFound {
+                            eprintln!(
+                                "warning: cannot remove build directory `{}' left by a daemon that died: {e}",
+                                dir.display()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_file(entry.path());
+    }
 }
 
 /// A guixd bug (the core asked for something impossible), not the

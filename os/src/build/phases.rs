@@ -11,7 +11,12 @@
 //!   MSG`, and nothing else is written before it, so the daemon reads that
 //!   line as the error; after `setupSuccess` (which writes one `"\n"`),
 //!   everything is ordinary build output;
-//! - the messages are the C++ daemon's, errno text included.
+//! - the messages are the C++ daemon's, errno text included;
+//! - the program runs with SIGKILL as its parent-death signal, so it dies
+//!   with the daemon's main thread (the parent of every builder, through
+//!   `CLONE_PARENT`): a daemon killed in the middle of builds leaves no
+//!   builder behind (in chroot mode the builder is process 1 of its PID
+//!   namespace, so the whole build goes with it).
 
 use super::spec::{Chroot, Exec, SpawnSpec};
 use crate::locks::strerror;
@@ -516,6 +521,8 @@ fn setup_success(_: &mut Child<'_>) -> Result<(), String> {
 }
 
 fn exec(c: &mut Child<'_>) -> Result<(), String> {
+    // Set here, after the last change of credentials (which clears it).
+    die_with_daemon()?;
     match &c.spec.exec {
         Exec::Builder {
             path,
@@ -586,6 +593,17 @@ fn exec(c: &mut Child<'_>) -> Result<(), String> {
             builtin_failed(&format!("unsupported builtin function '{}'", show(name)))
         }
     }
+}
+
+/// Makes this process get SIGKILL when its parent, the daemon, dies. (If
+/// the daemon died between the clone and this call, the builder lives on
+/// until it ends by itself; the window is a few system calls long.)
+fn die_with_daemon() -> Result<(), String> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == -1 {
+        return Err(last_sys_msg("setting the parent-death signal"));
+    }
+    Ok(())
 }
 
 /// A built-in builder failed: the C++ daemon reports that as plain build

@@ -26,11 +26,25 @@ const HASH_C: &str = "2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c";
 /// How long a test waits for a builder before calling it hung.
 const BUILD_WAIT: Duration = Duration::from_secs(60);
 
-/// One spawner for the whole test process, as the daemon has one.
+/// One spawner for the whole test process, as the daemon has one. It is
+/// forked from a thread that never ends: builders die with the thread
+/// that is their parent (their parent-death signal), and test threads
+/// come and go.
 pub(super) fn shared_spawner() -> Arc<Spawner> {
     static SPAWNER: OnceLock<Arc<Spawner>> = OnceLock::new();
     SPAWNER
-        .get_or_init(|| Arc::new(Spawner::start().expect("starting the spawner helper")))
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let spawner = Spawner::start().expect("starting the spawner helper");
+                tx.send(Arc::new(spawner))
+                    .expect("the test waits for the spawner");
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv().expect("the spawner thread sends the spawner")
+        })
         .clone()
 }
 
@@ -595,4 +609,54 @@ fn build_directories_take_the_first_free_number() {
     f.builds.finish(BuildId(1), false, None).unwrap();
     f.builds.finish(BuildId(2), false, None).unwrap();
     assert!(!one.build_dir.exists() && !two.build_dir.exists());
+}
+
+#[test]
+fn build_directories_of_dead_daemons_are_removed_at_start() {
+    let f = Fixture::new("journal");
+    f.builds.prepare(BuildId(1), f.plan("j", "")).unwrap();
+    let live = f.builds.info(BuildId(1)).unwrap().build_dir;
+    let journal = journal_dir(&f.dir.join("state"));
+    // The journal names the directory of the prepared build.
+    let ours = journal.join(format!("{}-1", std::process::id()));
+    assert_eq!(
+        std::fs::read(&ours).unwrap(),
+        live.as_os_str().as_encoded_bytes()
+    );
+    // Entries of a process that is gone (pid 0 is never a process we can
+    // see in /proc), one of them for a directory that is not a build
+    // directory, which is never deleted.
+    let stale = f.dir.join("tmp/guix-build-old.drv-0");
+    std::fs::create_dir_all(stale.join("sub")).unwrap();
+    std::fs::write(journal.join("0-7"), stale.as_os_str().as_encoded_bytes()).unwrap();
+    let other = f.dir.join("tmp/not-a-build-dir");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(journal.join("0-8"), other.as_os_str().as_encoded_bytes()).unwrap();
+    // The daemon starts again (on the same state directory) while this
+    // process still runs: its own entries count as an earlier process's.
+    let _ = Builds::new(&OsConfig {
+        dirs: Dirs {
+            store: f.store.clone(),
+            state: f.dir.join("state"),
+            log: f.dir.join("log"),
+            db: f.dir.join("state/db"),
+            conf: f.dir.join("etc"),
+            guix_program: f.dir.join("guix"),
+        },
+        settings: Default::default(),
+        uid: 0,
+        gid: 0,
+    });
+    assert!(!stale.exists(), "the stale build directory is still there");
+    assert!(
+        other.exists(),
+        "a directory that is not a build directory went"
+    );
+    assert!(
+        !live.exists(),
+        "an entry with this process's id is an earlier process's"
+    );
+    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 0);
+    // Finishing forgets the entry (already gone here) without error.
+    f.builds.finish(BuildId(1), false, None).unwrap();
 }

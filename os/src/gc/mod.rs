@@ -6,6 +6,10 @@
 //! planner (`guixd_core::gc`); this module only carries it out.
 //!
 //! Keeps true:
+//! - one collection of this process at a time holds [`Gc`]'s locks, named
+//!   by the owner id the core chose ([`Gc::lock_for`]); another waits for
+//!   it as it would for another process, and a release by anyone else
+//!   does nothing;
 //! - `gc.lock` is taken exclusively (an OFD lock, which the C++ daemon's
 //!   `fcntl` locks see) for as long as [`Gc`] holds it: while other
 //!   processes' temporary roots are read and until the deletions are done.
@@ -57,7 +61,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 /// What the collector's invalidation transaction found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +94,9 @@ pub struct Gc {
     env: Vec<(OsString, OsString)>,
     limits: GcLimits,
     held: Mutex<Option<Held>>,
+    /// Signalled whenever `held` is emptied, for a collection of this
+    /// process waiting for another one to end.
+    freed: Condvar,
     use_trash: AtomicBool,
 }
 
@@ -101,6 +108,8 @@ const _: () = {
 
 /// Locks held during a collection.
 struct Held {
+    /// The collection that holds them (chosen by the core).
+    owner: u64,
     /// Holds `gc.lock` exclusively while open.
     _gc_lock: File,
     /// Other processes' temporary-roots files, read-locked.
@@ -137,6 +146,7 @@ impl Gc {
             env,
             limits: GcLimits::default(),
             held: Mutex::new(None),
+            freed: Condvar::new(),
             use_trash: AtomicBool::new(false),
         }
     }
@@ -163,19 +173,50 @@ impl Gc {
     /// it and `wait` is [`Wait::No`] (the caller then prints
     /// `waiting for the big garbage collector lock...` and waits).
     pub fn lock(&self, wait: Wait) -> Result<bool, EffectError> {
+        self.lock_for(0, wait)
+    }
+
+    /// Takes `gc.lock` exclusively for the collection `owner`. Another
+    /// collection of this process holding it counts as busy, like another
+    /// process: `Ok(false)` with [`Wait::No`], a wait until it is released
+    /// with [`Wait::Yes`].
+    pub fn lock_for(&self, owner: u64, wait: Wait) -> Result<bool, EffectError> {
         let mut held = self.held();
-        if held.is_some() {
-            return Err(bug("the garbage collector lock was taken twice"));
+        loop {
+            match held.as_ref() {
+                None => break,
+                Some(h) if h.owner == owner => {
+                    return Err(bug("the garbage collector lock was taken twice"));
+                }
+                Some(_) if matches!(wait, Wait::No) => return Ok(false),
+                Some(_) => {
+                    held = self
+                        .freed
+                        .wait(held)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
         }
         match crate::roots::open_gc_lock(&self.state, LockKind::Exclusive, wait)? {
             Some(file) => {
                 *held = Some(Held {
+                    owner,
                     _gc_lock: file,
                     temp_roots: Vec::new(),
                 });
                 Ok(true)
             }
             None => Ok(false),
+        }
+    }
+
+    /// Drops what the collection `owner` holds; nothing when it holds
+    /// nothing (it may have been refused the lock, or released already).
+    pub fn release_for(&self, owner: u64) {
+        let mut held = self.held();
+        if held.as_ref().is_some_and(|h| h.owner == owner) {
+            *held = None;
+            self.freed.notify_all();
         }
     }
 
@@ -204,6 +245,7 @@ impl Gc {
     /// Drops the locks on other processes' temporary roots and `gc.lock`.
     pub fn release(&self) {
         self.held().take();
+        self.freed.notify_all();
     }
 
     /// The roots on disk (`find-roots`), with validity from `db`.

@@ -10,8 +10,11 @@
 //! - the existence check reads the graph in bulk and walks referrers with
 //!   an explicit stack, in the daemon's order (paths sorted, referrers
 //!   first), so it says the same things about the same store;
-//! - nothing is repaired: a modified path or a vanished path with valid
-//!   referrers is reported and makes the result "errors remain".
+//! - nothing is repaired here: a modified path or a vanished path with
+//!   valid referrers is reported, makes the result "errors remain", and
+//!   is listed in `repairable` (after the line that reported it), so that
+//!   the core can repair it by rebuilding, as the daemon's `repairPath`
+//!   does; every other error sets `other_errors`.
 
 use super::{Gc, list_store};
 use crate::db::Db;
@@ -19,7 +22,7 @@ use crate::files::{Files, Owner, READ_BUFFER_BYTES};
 use crate::locks::{LockKind, Wait};
 use guixd_core::StorePath;
 use guixd_core::effect::{DumpId, EffectError, EffectErrorKind, EffectOutput};
-use guixd_core::gc::{GcGraph, Level, NodeId, VerifyReport, WAITING_FOR_GC_LOCK};
+use guixd_core::gc::{GcGraph, Level, NodeId, Repairable, VerifyReport, WAITING_FOR_GC_LOCK};
 use guixd_core::hash::{Hash, HashAlgo};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -118,6 +121,14 @@ fn check_existence(
                     &format!("path `{path}' disappeared, but it still has valid referrers!"),
                 );
                 report.errors = true;
+                match graph.store_path(frame.node) {
+                    Some(path) => report.repairable.push(Repairable {
+                        path,
+                        vanished: true,
+                        message_index: report.messages.len() - 1,
+                    }),
+                    None => report.other_errors = true,
+                }
             }
         }
     }
@@ -175,6 +186,7 @@ fn invalidate(db: &Db, path: &str, report: &mut VerifyReport) {
     if let Err(e) = db.invalidate_unchecked(path) {
         say(report, Level::Error, &format!("error: {}", e.message));
         report.errors = true;
+        report.other_errors = true;
     }
 }
 
@@ -210,6 +222,11 @@ fn check_path_contents(files: &Files, db: &Db, path: &StorePath, report: &mut Ve
                 ),
             );
             report.errors = true;
+            report.repairable.push(Repairable {
+                path: path.clone(),
+                vanished: false,
+                message_index: report.messages.len() - 1,
+            });
             return Ok(());
         }
         let mut nar_hash = info.nar_hash;
@@ -243,6 +260,7 @@ fn check_path_contents(files: &Files, db: &Db, path: &StorePath, report: &mut Ve
         };
         say(report, Level::Error, &format!("{prefix}: {}", e.message));
         report.errors = true;
+        report.other_errors = true;
     }
 }
 

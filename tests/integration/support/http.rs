@@ -6,8 +6,9 @@
 //!
 //! Keeps true: it serves exactly the files it was given (`200` with the
 //! bytes), anything else is `404`; it answers one request per connection
-//! and closes it; it counts the requests per path; dropping the handle
-//! stops the server thread and closes the socket.
+//! and closes it; it counts the requests per path; files can be added or
+//! replaced while it runs ([`HttpServer::set`]); dropping the handle stops
+//! the server thread and closes the socket.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -22,6 +23,7 @@ pub struct HttpServer {
     port: u16,
     stop: Arc<AtomicBool>,
     hits: Arc<Mutex<BTreeMap<String, usize>>>,
+    files: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -37,10 +39,12 @@ impl HttpServer {
             .port();
         let stop = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(Mutex::new(BTreeMap::new()));
-        let files: BTreeMap<String, Vec<u8>> = files.into_iter().collect();
+        let files: Arc<Mutex<BTreeMap<String, Vec<u8>>>> =
+            Arc::new(Mutex::new(files.into_iter().collect()));
         let thread = {
             let stop = Arc::clone(&stop);
             let hits = Arc::clone(&hits);
+            let files = Arc::clone(&files);
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
@@ -57,6 +61,7 @@ impl HttpServer {
             port,
             stop,
             hits,
+            files,
             thread: Some(thread),
         }
     }
@@ -64,6 +69,13 @@ impl HttpServer {
     /// The URL of `path` (which starts with `/`).
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Serves `contents` at `path` from now on.
+    pub fn set(&self, path: &str, contents: &[u8]) {
+        if let Ok(mut files) = self.files.lock() {
+            files.insert(path.to_owned(), contents.to_vec());
+        }
     }
 
     /// How many requests asked for `path`.
@@ -88,7 +100,7 @@ impl Drop for HttpServer {
 
 fn serve(
     conn: TcpStream,
-    files: &BTreeMap<String, Vec<u8>>,
+    files: &Mutex<BTreeMap<String, Vec<u8>>>,
     hits: &Mutex<BTreeMap<String, usize>>,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -107,7 +119,8 @@ fn serve(
         *h.entry(path.clone()).or_insert(0) += 1;
     }
     let mut conn = conn;
-    match files.get(&path) {
+    let body = files.lock().ok().and_then(|f| f.get(&path).cloned());
+    match body {
         Some(body) => {
             write!(
                 conn,
@@ -115,7 +128,7 @@ fn serve(
                  Content-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             )?;
-            conn.write_all(body)?;
+            conn.write_all(&body)?;
         }
         None => {
             let body = b"not found\n";

@@ -18,6 +18,7 @@ pub mod http;
 pub mod keys;
 pub mod process;
 pub mod root;
+pub mod store;
 pub mod transcript;
 
 pub use bins::Runtime;
