@@ -6,7 +6,7 @@
 # builds or reuses the Guix 1.5.0 root (tests/support/guix-root.sh), then
 # runs the workspace tests, whose interop and differential scenarios drive
 # the real Guix client and the C++ guix-daemon inside that root, on both
-# runtimes. Must run as root (the root is made with mmdebstrap and
+# runtimes, and the loom models of the threads runtime. Must run as root (the root is made with mmdebstrap and
 # bind mounts; the sandbox tests need namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,3 +29,6 @@ export GUIXD_GUIX_ROOT
 
 cargo build --workspace --all-targets
 cargo test --workspace
+# The loom models of the threads runtime's shared state (their own cfg and
+# target directory).
+runtime-threads/loom.sh

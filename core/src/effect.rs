@@ -468,6 +468,9 @@ pub enum EffectOutput {
     /// `PrepareBuild`: the build directory on the host.
     BuildPrepared {
         build_dir: String,
+        /// Messages for the client about this build, in the daemon's
+        /// words (why a fixed-output build has no network).
+        notes: Vec<String>,
     },
     /// `CollectOutputs`: one result per output, in the order given.
     Outputs(Vec<Result<OutputFound, OutputRefused>>),

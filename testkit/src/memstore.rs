@@ -1118,7 +1118,10 @@ impl MemStore {
                 chroot_items: BTreeMap::new(),
             },
         );
-        Ok(EffectOutput::BuildPrepared { build_dir })
+        Ok(EffectOutput::BuildPrepared {
+            build_dir,
+            notes: Vec::new(),
+        })
     }
 
     /// os's `collect_outputs`, for what the fake builder wrote.

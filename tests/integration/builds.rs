@@ -82,16 +82,7 @@ const KNOWN_DIFFERENCES: &[KnownDifference] = &[
 
 /// Log lines that only one side prints, which every comparison leaves out
 /// of both logs: a text the line contains, and why it is left out.
-const KNOWN_LOG_LINES: &[(&str, &str)] = &[(
-    // The C++ daemon tells the client, before `@ build-started', why a
-    // fixed-output build in the chroot has no network (slirp4netns is not
-    // in the Guix root). guixd finds the same words (os/src/build/
-    // sandbox.rs) but cannot pass them on yet: the `BuildPrepared` effect
-    // output has no field for them (core/src/effect.rs, outside the build
-    // files). A gap to close, not a choice.
-    "network access disabled",
-    "guixd does not pass the sandbox's notes to the client yet",
-)];
+const KNOWN_LOG_LINES: &[(&str, &str)] = &[];
 
 /// `steps` with the [`KNOWN_LOG_LINES`] taken out of every `log` text.
 fn without_known_log_lines(steps: &[(String, Value)]) -> Vec<(String, Value)> {

@@ -951,8 +951,8 @@ impl DrvGoal {
         };
         let build = BuildId(self.ctx.fresh_id());
         self.ctx.track_build(build, true);
-        let build_dir = match self.ctx.effect(Effect::PrepareBuild { build, plan }).await {
-            Ok(EffectOutput::BuildPrepared { build_dir }) => build_dir,
+        let (build_dir, notes) = match self.ctx.effect(Effect::PrepareBuild { build, plan }).await {
+            Ok(EffectOutput::BuildPrepared { build_dir, notes }) => (build_dir, notes),
             Ok(other) => {
                 self.finish_build(build, false, None).await;
                 return Err(unexpected(other));
@@ -986,6 +986,15 @@ impl DrvGoal {
             self.typed.keep_log,
         );
         self.flush_opening();
+        // Said at the error level inside the build's nest, between the
+        // opening line and the start trace, as the C++ daemon says them.
+        for text in notes {
+            self.ctx.publish(BuildEvent::Message {
+                level: Level::Error,
+                text,
+                nest: Some(Level::Info),
+            });
+        }
         let started = BuildEvent::Trace {
             text: format!(
                 "@ build-started {} - {} {log_name} {pid}",

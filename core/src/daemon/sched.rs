@@ -606,9 +606,6 @@ impl Sched {
     /// The first waiter (in goal order) that may start now, if any.
     fn next_grantable(&self) -> Option<(GoalKey, GoalId)> {
         let running = self.running.len();
-        if running >= self.slots_max {
-            return None;
-        }
         if self.pressure_high && running > 0 {
             return None;
         }
@@ -616,6 +613,12 @@ impl Sched {
         // builds out while it runs.
         let cap = self.running.values().filter_map(|r| r.total_max).min();
         let allowed = |req: &SlotRequest| {
+            // A client's `--max-jobs` above the daemon's lets its own builds
+            // use that many slots, as the C++ daemon's per-client limit
+            // does; the daemon's value still bounds everyone else's.
+            if running >= self.slots_max.max(req.session_max) {
+                return false;
+            }
             if req
                 .total_max
                 .into_iter()
@@ -866,6 +869,45 @@ mod tests {
         assert_eq!(
             completed(&r),
             vec![(TaskId::Goal(c), Token(13)), (TaskId::Goal(a), Token(12))]
+        );
+    }
+
+    #[test]
+    fn a_clients_max_jobs_above_the_daemons_applies_to_its_own_builds() {
+        // The daemon runs one build at a time; client 1 asked for three.
+        let mut s = Sched::new(1);
+        let mine = started(&s.realise(
+            TaskId::Conn(conn(1)),
+            Token(1),
+            vec![drv("a"), drv("b"), drv("c"), drv("d")],
+            true,
+            &options(),
+        ));
+        let theirs = started(&s.realise(
+            TaskId::Conn(conn(2)),
+            Token(2),
+            vec![drv("e")],
+            true,
+            &options(),
+        ));
+        for (i, g) in mine[..3].iter().enumerate() {
+            let token = Token(10 + i as u64);
+            assert_eq!(
+                completed(&s.request_slot(*g, token, slot(1, 3, None))),
+                vec![(TaskId::Goal(*g), token)]
+            );
+        }
+        // Its fourth waits for one of its own; client 2 (cap 1, the
+        // daemon's) waits while anything runs.
+        assert!(completed(&s.request_slot(mine[3], Token(13), slot(1, 3, None))).is_empty());
+        assert!(completed(&s.request_slot(theirs[0], Token(14), slot(2, 1, None))).is_empty());
+        let r = s.release_slot(mine[0], Token(15));
+        assert_eq!(
+            completed(&r),
+            vec![
+                (TaskId::Goal(mine[0]), Token(15)),
+                (TaskId::Goal(mine[3]), Token(13))
+            ]
         );
     }
 

@@ -613,7 +613,10 @@ impl Store {
             Effect::PrepareBuild { build, plan } => {
                 let dir = format!("/tmp/guix-build-{}-0", plan.drv_path.name());
                 self.plans.insert(build, plan);
-                Ok(EffectOutput::BuildPrepared { build_dir: dir })
+                Ok(EffectOutput::BuildPrepared {
+                    build_dir: dir,
+                    notes: Vec::new(),
+                })
             }
             Effect::FinishBuild {
                 build,

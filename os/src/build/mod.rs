@@ -89,11 +89,6 @@ pub(crate) struct BuildInfo {
     /// Where the builder works on the host: `build_dir`, or its `top`
     /// subdirectory in chroot mode.
     pub work_dir: PathBuf,
-    /// Messages for the client about this build, in the daemon's words
-    /// (for now only why a fixed-output build has no network). Nothing
-    /// passes them on yet: `EffectOutput::BuildPrepared` has no room.
-    #[allow(dead_code)]
-    pub notes: Vec<String>,
 }
 
 impl Builds {
@@ -155,9 +150,10 @@ impl Builds {
             build_user: user.as_ref().map(|u| (u.uid, u.gid)),
             build_dir: layout.build_dir.clone(),
             work_dir: layout.work_dir.clone(),
-            notes: layout.notes.clone(),
         };
         let build_dir = layout.build_dir.display().to_string();
+        // Why a fixed-output build has no network, for the client.
+        let notes = layout.notes.clone();
         self.table().insert(
             build,
             Prepared {
@@ -168,7 +164,7 @@ impl Builds {
                 child: None,
             },
         );
-        Ok(EffectOutput::BuildPrepared { build_dir })
+        Ok(EffectOutput::BuildPrepared { build_dir, notes })
     }
 
     /// Starts the builder of a prepared build and waits until it reports

@@ -587,7 +587,6 @@ mod tests {
                 build_user: None,
                 build_dir: root.join("build"),
                 work_dir: root.join("build"),
-                notes: Vec::new(),
             },
             root,
             store,

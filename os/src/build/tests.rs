@@ -485,10 +485,12 @@ fn fixed_output_builds_get_no_network_without_slirp4netns() {
     plan.fixed_output = true;
     plan.impure_env_vars = vec!["http_proxy".into()];
     let build = BuildId(1);
-    f.builds.prepare(build, plan).unwrap();
-    let info = f.builds.info(build).unwrap();
+    let notes = match f.builds.prepare(build, plan).unwrap() {
+        EffectOutput::BuildPrepared { notes, .. } => notes,
+        other => panic!("{other:?}"),
+    };
     assert_eq!(
-        info.notes,
+        notes,
         vec!["`/usr/bin/slirp4netns' can't be found in PATH, network access disabled".to_owned()]
     );
     let child = f.builds.spawn(build).unwrap();

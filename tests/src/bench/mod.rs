@@ -23,6 +23,7 @@
 //! [`scenarios`].
 
 pub mod env;
+pub mod gc;
 pub mod guix;
 pub mod load;
 pub mod report;
@@ -266,7 +267,7 @@ pub fn scenarios(config: &Config) -> Vec<Scenario> {
     all.extend(load::scenarios(&sizes));
     all.extend(guix::scenarios(&sizes));
     all.extend(startup::scenarios(&sizes));
-    // Garbage-collection scenarios will go here: `all.extend(gc::scenarios(&sizes))`.
+    all.extend(gc::scenarios(config));
     all
 }
 
