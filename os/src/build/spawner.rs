@@ -101,6 +101,8 @@ impl Spawner {
             SocketFlags::CLOEXEC,
             None,
         )?;
+        // SAFETY: getpid has no preconditions and cannot fail.
+        let daemon = unsafe { libc::getpid() };
         // SAFETY: fork has no preconditions; the child only runs
         // `helper_main`, which never returns.
         let pid = unsafe { libc::fork() };
@@ -109,7 +111,7 @@ impl Spawner {
         }
         if pid == 0 {
             drop(daemon_end);
-            helper_main(helper_end);
+            helper_main(helper_end, daemon);
         }
         drop(helper_end);
         Ok(Spawner {
@@ -199,7 +201,7 @@ impl Drop for Spawner {
 }
 
 /// The helper's main loop; never returns.
-fn helper_main(control: OwnedFd) -> ! {
+fn helper_main(control: OwnedFd, daemon: libc::pid_t) -> ! {
     // SAFETY: signal-state and descriptor calls on this (now
     // single-threaded) process.
     unsafe {
@@ -216,6 +218,15 @@ fn helper_main(control: OwnedFd) -> ! {
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         libc::prctl(libc::PR_SET_NAME, c"guixd-spawner".as_ptr());
+        // Gone with the daemon at once, even while serving a request (the
+        // end of file on `control` would only be seen between requests).
+        // Builders are the daemon's children (CLONE_PARENT), not ours, so
+        // this takes none of them along.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != daemon {
+            // The daemon died before the request above took effect.
+            libc::_exit(0);
+        }
     }
     close_inherited(control.as_raw_fd());
     let limits = SpecLimits::default();

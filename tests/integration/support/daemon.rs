@@ -280,10 +280,14 @@ impl Daemon {
             (Some(nsenter), _) => first_child(nsenter.id()),
             (None, Sandbox::Disabled) => first_child(self.unshare.id()),
             // The daemon is the reaping shell's first child; once it is
-            // gone, the shell's children are `sleep` and orphans.
+            // gone, the shell's children are `sleep` and orphans (guixd's
+            // spawner helper among them, on its way out).
             (None, Sandbox::Chroot) => first_child(self.unshare.id())
                 .and_then(|init| children(init).into_iter().next())
-                .filter(|&pid| !self.exited_at_start() && comm(pid) != "sleep"),
+                .filter(|&pid| {
+                    !self.exited_at_start()
+                        && !["sleep", "guixd-spawner"].contains(&comm(pid).as_str())
+                }),
         };
         pid.filter(|&pid| is_running(pid))
     }

@@ -420,6 +420,12 @@ pub fn raise_nofile_limit() -> u64 {
     lim.rlim_max
 }
 
+/// Writes every dirty page of the machine back to disk (`sync(2)`).
+pub fn sync_disks() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 /// Proportional set size of `pids` together, in bytes (from
 /// `/proc/PID/smaps_rollup`), and their resident set size together.
 pub fn memory_bytes(pids: &[i32]) -> (u64, u64) {

@@ -7,7 +7,8 @@
 //! the scenario prepare each, then repeats the work, rotating which
 //! implementation goes first in each repetition, so slow drift of the
 //! machine (other users, page cache, disk) spreads over every
-//! implementation alike. [`report`] turns the results into a table, a JSON
+//! implementation alike; before each repetition the disks are synced, so
+//! no repetition pays for the write-back of another's files. [`report`] turns the results into a table, a JSON
 //! file and an SVG chart.
 //!
 //! Keeps true: every measured value is "lower is better" (seconds, bytes);
@@ -331,6 +332,10 @@ fn run_scenario(
         let count = slots.len();
         for k in 0..count {
             let slot = &mut slots[(k + rep) % count];
+            // Dirty pages of earlier repetitions (a gigabyte file, twenty
+            // thousand small ones) would otherwise be written back during
+            // this one and be charged to whichever daemon runs then.
+            env::sync_disks();
             let sample = (scenario.run)(slot, rep);
             eprintln!(
                 "bench:   rep {rep} {:<14} {:>12.4} {}{}",
