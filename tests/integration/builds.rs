@@ -13,7 +13,7 @@
 //!   scenarios with an HTTP server, the same server); their transcripts
 //!   (outcomes, error texts and statuses, log texts with process ids
 //!   masked, output paths, hashes, sizes, references, files) must be
-//!   equal except for [`KNOWN_DIFFERENCES`] and [`KNOWN_LOG_LINES`].
+//!   equal except for [`KNOWN_DIFFERENCES`].
 //!
 //! The scripts: `build-outputs.scm` (simple build, several outputs, a
 //! chain, references, allowed/disallowed references, references graphs;
@@ -31,18 +31,18 @@
 //! guixd killed in the middle of builds are in `build_daemons.rs`.
 //!
 //! Keeps true: every deliberate difference between guixd and the C++
-//! daemon that a transcript shows is listed in [`KNOWN_DIFFERENCES`] or
-//! [`KNOWN_LOG_LINES`] with its reason; scenarios never depend on one
-//! another.
+//! daemon that a transcript shows is listed in [`KNOWN_DIFFERENCES`] with
+//! its reason; scenarios never depend on one another.
 //!
 //! Set `GUIXD_IT_TRANSCRIPTS=DIR` to keep every transcript in DIR.
 
 use crate::support::daemon::Sandbox;
 use crate::support::http::HttpServer;
 use crate::support::root::host;
-use crate::support::transcript::{KnownDifference, Run, compare, run_script};
+use crate::support::transcript::{
+    KnownDifference, Run, assert_reference_passed, assert_same, run_script, transcript_scenarios,
+};
 use crate::support::{Daemon, DaemonConfig, Implementation, Runtime, Slot};
-use serde_json::Value;
 use std::fs;
 use std::time::{Duration, Instant};
 
@@ -79,28 +79,6 @@ const KNOWN_DIFFERENCES: &[KnownDifference] = &[
         reason: "guixd starts independent builds in the order they become ready",
     },
 ];
-
-/// Log lines that only one side prints, which every comparison leaves out
-/// of both logs: a text the line contains, and why it is left out.
-const KNOWN_LOG_LINES: &[(&str, &str)] = &[];
-
-/// `steps` with the [`KNOWN_LOG_LINES`] taken out of every `log` text.
-fn without_known_log_lines(steps: &[(String, Value)]) -> Vec<(String, Value)> {
-    steps
-        .iter()
-        .map(|(label, value)| {
-            let mut value = value.clone();
-            if let Some(Value::String(log)) = value.get_mut("log") {
-                let kept: Vec<&str> = log
-                    .split_inclusive('\n')
-                    .filter(|line| !KNOWN_LOG_LINES.iter().any(|(text, _)| line.contains(text)))
-                    .collect();
-                *log = kept.concat();
-            }
-            (label.clone(), value)
-        })
-        .collect()
-}
 
 /// How a scenario's daemon isolates builders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,13 +209,7 @@ fn differential(scenario: &Scenario, runtime: Runtime) {
     let slot = Slot::new();
     let server = server_for(scenario);
     let reference = run_scenario(&slot, scenario, Implementation::Cpp, server.as_ref());
-    assert!(
-        reference.passed(),
-        "scenario {} fails against the C++ daemon, so the script is wrong: {}\ndaemon log:\n{}",
-        scenario.name,
-        reference.describe(),
-        reference.daemon_log
-    );
+    assert_reference_passed(scenario.name, &reference);
     let candidate = run_scenario(
         &slot,
         scenario,
@@ -249,32 +221,12 @@ fn differential(scenario: &Scenario, runtime: Runtime) {
         &format!("differential-{}", runtime.name()),
         started.elapsed(),
     );
-    assert!(
-        !candidate.steps.is_empty(),
-        "scenario {}: guixd ({}) gave no transcript: {}\nguixd's log:\n{}",
+    assert_same(
         scenario.name,
         runtime.name(),
-        candidate.describe(),
-        candidate.daemon_log
-    );
-    let differences = compare(
-        scenario.name,
         KNOWN_DIFFERENCES,
-        &without_known_log_lines(&reference.steps),
-        &without_known_log_lines(&candidate.steps),
-    );
-    assert!(
-        differences.is_empty(),
-        "scenario {}: guixd ({}) differs from the C++ daemon:\n{}\n{}guixd's log:\n{}",
-        scenario.name,
-        runtime.name(),
-        differences.join("\n"),
-        if candidate.passed() {
-            String::new()
-        } else {
-            candidate.describe()
-        },
-        candidate.daemon_log
+        &reference,
+        &candidate,
     );
 }
 
@@ -398,41 +350,7 @@ const CONTROL: Scenario = Scenario {
     http: false,
 };
 
-/// The five tests of each transcript scenario.
-macro_rules! scenarios {
-    ($($module:ident => $scenario:expr;)*) => {$(
-        mod $module {
-            use super::*;
-
-            #[test]
-            fn cpp() {
-                interop(&$scenario, Implementation::Cpp);
-            }
-
-            #[test]
-            fn guixd_threads() {
-                interop(&$scenario, Implementation::Guixd(Runtime::Threads));
-            }
-
-            #[test]
-            fn guixd_smol() {
-                interop(&$scenario, Implementation::Guixd(Runtime::Smol));
-            }
-
-            #[test]
-            fn differential_threads() {
-                differential(&$scenario, Runtime::Threads);
-            }
-
-            #[test]
-            fn differential_smol() {
-                differential(&$scenario, Runtime::Smol);
-            }
-        }
-    )*};
-}
-
-scenarios! {
+transcript_scenarios! {
     outputs => OUTPUTS;
     outputs_no_chroot => OUTPUTS_NO_CHROOT;
     failures => FAILURES;

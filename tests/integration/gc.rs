@@ -36,7 +36,9 @@
 //! Set `GUIXD_IT_TRANSCRIPTS=DIR` to keep every transcript in DIR.
 
 use crate::support::daemon::Sandbox;
-use crate::support::transcript::{KnownDifference, Run, compare, run_script};
+use crate::support::transcript::{
+    KnownDifference, Run, assert_reference_passed, assert_same, run_script, transcript_scenarios,
+};
 use crate::support::{Daemon, DaemonConfig, Implementation, Runtime, Slot};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -104,45 +106,19 @@ fn differential(scenario: &Scenario, runtime: Runtime) {
     let started = Instant::now();
     let slot = Slot::new();
     let reference = run_scenario(&slot, scenario, Implementation::Cpp);
-    assert!(
-        reference.passed(),
-        "scenario {} fails against the C++ daemon, so the script is wrong: {}\ndaemon log:\n{}",
-        scenario.name,
-        reference.describe(),
-        reference.daemon_log
-    );
+    assert_reference_passed(scenario.name, &reference);
     let candidate = run_scenario(&slot, scenario, Implementation::Guixd(runtime));
     report_time(
         scenario.name,
         &format!("differential-{}", runtime.name()),
         started.elapsed(),
     );
-    assert!(
-        !candidate.steps.is_empty(),
-        "scenario {}: guixd ({}) gave no transcript: {}\nguixd's log:\n{}",
+    assert_same(
         scenario.name,
         runtime.name(),
-        candidate.describe(),
-        candidate.daemon_log
-    );
-    let differences = compare(
-        scenario.name,
         KNOWN_DIFFERENCES,
-        &reference.steps,
-        &candidate.steps,
-    );
-    assert!(
-        differences.is_empty(),
-        "scenario {}: guixd ({}) differs from the C++ daemon:\n{}\n{}guixd's log:\n{}",
-        scenario.name,
-        runtime.name(),
-        differences.join("\n"),
-        if candidate.passed() {
-            String::new()
-        } else {
-            candidate.describe()
-        },
-        candidate.daemon_log
+        &reference,
+        &candidate,
     );
 }
 
@@ -199,41 +175,7 @@ const OWN_ROOTS: Scenario = Scenario {
     daemon_args: &[],
 };
 
-/// The five tests of each transcript scenario.
-macro_rules! scenarios {
-    ($($module:ident => $scenario:expr;)*) => {$(
-        mod $module {
-            use super::*;
-
-            #[test]
-            fn cpp() {
-                interop(&$scenario, Implementation::Cpp);
-            }
-
-            #[test]
-            fn guixd_threads() {
-                interop(&$scenario, Implementation::Guixd(Runtime::Threads));
-            }
-
-            #[test]
-            fn guixd_smol() {
-                interop(&$scenario, Implementation::Guixd(Runtime::Smol));
-            }
-
-            #[test]
-            fn differential_threads() {
-                differential(&$scenario, Runtime::Threads);
-            }
-
-            #[test]
-            fn differential_smol() {
-                differential(&$scenario, Runtime::Smol);
-            }
-        }
-    )*};
-}
-
-scenarios! {
+transcript_scenarios! {
     roots => ROOTS;
     verify => VERIFY;
     own_roots => OWN_ROOTS;

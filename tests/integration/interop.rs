@@ -21,21 +21,12 @@
 //! Set `GUIXD_IT_TRANSCRIPTS=DIR` to keep every transcript in DIR, and
 //! `GUIXD_IT_TRACE=1` to see each step as a script records it.
 
-use crate::support::{
-    Daemon, DaemonConfig, Implementation, Output, Runtime, Slot, Substitutes, run_guix, run_scheme,
+use crate::support::transcript::{
+    KnownDifference, Run, assert_reference_passed, assert_same, compare, run_script,
+    transcript_scenarios,
 };
-use serde_json::Value;
+use crate::support::{Daemon, DaemonConfig, Implementation, Runtime, Slot, Substitutes, run_guix};
 use std::time::{Duration, Instant};
-
-/// A difference between guixd and the C++ daemon that is deliberate.
-struct KnownDifference {
-    /// The scenario's name.
-    scenario: &'static str,
-    /// The label of the transcript step whose value differs.
-    label: &'static str,
-    /// Why guixd differs on purpose.
-    reason: &'static str,
-}
 
 /// Every deliberate difference between guixd and the C++ daemon that the
 /// differential scenarios can observe.
@@ -181,105 +172,11 @@ const OPTIONS: Scenario = Scenario {
     substitutes: Substitutes::Disabled,
 };
 
-/// What one run of a script produced.
-struct Run {
-    implementation: Implementation,
-    /// The transcript's steps, `(label, value)` in order; empty if the
-    /// script wrote no transcript.
-    steps: Vec<(String, Value)>,
-    /// The checks of the script that failed.
-    failures: Vec<String>,
-    output: Output,
-    daemon_log: String,
-}
-
-impl Run {
-    fn passed(&self) -> bool {
-        self.output.success() && self.failures.is_empty() && !self.steps.is_empty()
-    }
-
-    fn describe(&self) -> String {
-        let mut s = format!(
-            "{} ({}):\n",
-            self.implementation.name(),
-            self.output.describe()
-        );
-        for f in &self.failures {
-            s.push_str(&format!("  check failed: {f}\n"));
-        }
-        s
-    }
-}
-
-/// Runs `script` with `args` against `daemon` and reads its transcript.
-fn run_script(daemon: &Daemon, script: &str, args: &[&str]) -> Run {
-    let transcript = format!("{}/work/transcript-{script}.json", daemon.dir());
-    let mut argv = vec![transcript.as_str()];
-    argv.extend_from_slice(args);
-    let output = run_scheme(daemon, script, &argv);
-    let host = crate::support::root::host(&transcript);
-    keep_transcript(&host, script, daemon.implementation());
-    let (steps, failures) = match std::fs::read(&host) {
-        Ok(bytes) => parse_transcript(&bytes).unwrap_or_else(|e| {
-            panic!(
-                "bad transcript {}: {e}\nthe script: {}",
-                host.display(),
-                output.describe()
-            )
-        }),
-        Err(_) => (Vec::new(), Vec::new()),
-    };
-    Run {
-        implementation: daemon.implementation(),
-        steps,
-        failures,
-        output,
-        daemon_log: daemon.log(),
-    }
-}
-
-/// Copies a transcript to the directory named by `GUIXD_IT_TRANSCRIPTS`,
-/// if set, as `<script>-<implementation>.json`, for people to read.
-fn keep_transcript(file: &std::path::Path, script: &str, implementation: Implementation) {
-    if let Some(dir) = std::env::var_os("GUIXD_IT_TRANSCRIPTS") {
-        let dir = std::path::PathBuf::from(dir);
-        let _ = std::fs::create_dir_all(&dir);
-        let name = format!(
-            "{}-{}.json",
-            script.trim_end_matches(".scm"),
-            implementation.name()
-        );
-        let _ = std::fs::copy(file, dir.join(name));
-    }
-}
-
-type Steps = Vec<(String, Value)>;
-
-fn parse_transcript(bytes: &[u8]) -> Result<(Steps, Vec<String>), String> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let steps = v["steps"]
-        .as_array()
-        .ok_or("no steps")?
-        .iter()
-        .map(|s| {
-            let label = s["label"].as_str().ok_or("step without label")?.to_owned();
-            Ok((label, s["value"].clone()))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let failures = v["failures"]
-        .as_array()
-        .ok_or("no failures list")?
-        .iter()
-        .map(|f| f.as_str().unwrap_or("?").to_owned())
-        .collect();
-    Ok((steps, failures))
-}
-
 /// Runs `scenario` against `implementation`; it must pass its checks.
 fn interop(scenario: &Scenario, implementation: Implementation) {
     let started = Instant::now();
     let daemon = Daemon::start(implementation, &scenario.config());
-    let run = run_script(&daemon, scenario.script, scenario.args);
+    let run = run_script(&daemon, scenario.script, scenario.name, scenario.args);
     report_time(scenario.name, &implementation.name(), started.elapsed());
     assert!(
         run.passed(),
@@ -296,105 +193,25 @@ fn differential(scenario: &Scenario, runtime: Runtime) {
     let slot = Slot::new();
     let reference = {
         let daemon = Daemon::start_in(&slot, Implementation::Cpp, &scenario.config());
-        run_script(&daemon, scenario.script, scenario.args)
+        run_script(&daemon, scenario.script, scenario.name, scenario.args)
     };
-    assert!(
-        reference.passed(),
-        "scenario {} fails against the C++ daemon, so the script is wrong: {}\ndaemon log:\n{}",
-        scenario.name,
-        reference.describe(),
-        reference.daemon_log
-    );
+    assert_reference_passed(scenario.name, &reference);
     let candidate = {
         let daemon = Daemon::start_in(&slot, Implementation::Guixd(runtime), &scenario.config());
-        run_script(&daemon, scenario.script, scenario.args)
+        run_script(&daemon, scenario.script, scenario.name, scenario.args)
     };
     report_time(
         scenario.name,
         &format!("differential-{}", runtime.name()),
         started.elapsed(),
     );
-    assert!(
-        !candidate.steps.is_empty(),
-        "scenario {}: guixd ({}) gave no transcript: {}\nguixd's log:\n{}",
+    assert_same(
         scenario.name,
         runtime.name(),
-        candidate.describe(),
-        candidate.daemon_log
+        KNOWN_DIFFERENCES,
+        &reference,
+        &candidate,
     );
-    let differences = compare(scenario.name, &reference.steps, &candidate.steps);
-    assert!(
-        differences.is_empty(),
-        "scenario {}: guixd ({}) differs from the C++ daemon:\n{}\n{}guixd's log:\n{}",
-        scenario.name,
-        runtime.name(),
-        differences.join("\n"),
-        if candidate.passed() {
-            String::new()
-        } else {
-            candidate.describe()
-        },
-        candidate.daemon_log
-    );
-}
-
-/// The differences between two transcripts of `scenario`, as readable
-/// lines; deliberate ones are left out. Steps are matched by label (the
-/// n-th step with a label in one transcript against the n-th step with the
-/// same label in the other), so one missing step does not hide the
-/// comparison of all the steps after it.
-fn compare(
-    scenario: &str,
-    reference: &[(String, Value)],
-    candidate: &[(String, Value)],
-) -> Vec<String> {
-    let mut pending: std::collections::BTreeMap<&str, std::collections::VecDeque<&Value>> =
-        std::collections::BTreeMap::new();
-    for (label, value) in candidate {
-        pending.entry(label.as_str()).or_default().push_back(value);
-    }
-    let mut out = Vec::new();
-    for (label, rv) in reference {
-        let Some(cv) = pending.get_mut(label.as_str()).and_then(|q| q.pop_front()) else {
-            out.push(format!("  step `{label}': missing from guixd's transcript"));
-            continue;
-        };
-        let known = KNOWN_DIFFERENCES
-            .iter()
-            .find(|k| k.scenario == scenario && k.label == label.as_str());
-        match (rv == cv, known) {
-            (true, Some(k)) => eprintln!(
-                "note: known difference `{}' in {scenario} did not show ({})",
-                k.label, k.reason
-            ),
-            (true, None) | (false, Some(_)) => {}
-            (false, None) => out.push(format!(
-                "  step `{label}':\n    C++:   {}\n    guixd: {}",
-                clip(rv),
-                clip(cv)
-            )),
-        }
-    }
-    // What is left happened only with guixd, in the order guixd did it.
-    for (label, _) in candidate {
-        if let Some(q) = pending.get_mut(label.as_str()) {
-            if q.pop_front().is_some() {
-                out.push(format!("  step `{label}': only in guixd's transcript"));
-            }
-        }
-    }
-    out
-}
-
-fn clip(v: &Value) -> String {
-    const MAX_CHARS: usize = 3000;
-    let s = v.to_string();
-    if s.chars().count() <= MAX_CHARS {
-        s
-    } else {
-        let head: String = s.chars().take(MAX_CHARS).collect();
-        format!("{head}... ({} chars)", s.chars().count())
-    }
 }
 
 fn report_time(scenario: &str, what: &str, elapsed: Duration) {
@@ -430,7 +247,7 @@ struct Imported {
 /// with `guix archive --export -r`, twice (the bytes must not change).
 fn archive_export(slot: &Slot, implementation: Implementation) -> Exported {
     let daemon = Daemon::start_in(slot, implementation, &DaemonConfig::default());
-    let made = run_script(&daemon, "archive.scm", &["make"]);
+    let made = run_script(&daemon, "archive.scm", "make", &["make"]);
     assert!(
         made.passed(),
         "archive.scm make failed: {}",
@@ -512,7 +329,7 @@ fn archive_import(slot: &Slot, implementation: Implementation, exported: &Export
     );
     let mut args = vec!["check"];
     args.extend(exported.items.iter().map(String::as_str));
-    let check = run_script(&daemon, "archive.scm", &args);
+    let check = run_script(&daemon, "archive.scm", "check", &args);
     Imported {
         corrupt_errors: bad
             .stderr_text()
@@ -615,6 +432,7 @@ mod archive {
         );
         differences.extend(compare(
             "archive",
+            KNOWN_DIFFERENCES,
             &into_cpp.check.steps,
             &into_guixd.check.steps,
         ));
@@ -646,41 +464,7 @@ fn first_difference(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// The five tests of each scenario.
-macro_rules! scenarios {
-    ($($module:ident => $scenario:expr;)*) => {$(
-        mod $module {
-            use super::*;
-
-            #[test]
-            fn cpp() {
-                interop(&$scenario, Implementation::Cpp);
-            }
-
-            #[test]
-            fn guixd_threads() {
-                interop(&$scenario, Implementation::Guixd(Runtime::Threads));
-            }
-
-            #[test]
-            fn guixd_smol() {
-                interop(&$scenario, Implementation::Guixd(Runtime::Smol));
-            }
-
-            #[test]
-            fn differential_threads() {
-                differential(&$scenario, Runtime::Threads);
-            }
-
-            #[test]
-            fn differential_smol() {
-                differential(&$scenario, Runtime::Smol);
-            }
-        }
-    )*};
-}
-
-scenarios! {
+transcript_scenarios! {
     queries => QUERIES;
     add_to_store => ADD_TO_STORE;
     text => TEXT;

@@ -1764,17 +1764,7 @@ fn a_session_dropped_mid_collection_releases_gc_lock() {
     let c = w.connect(&[], |_| {});
     // Hold the effects back: the collection stops after asking for the
     // lock.
-    let mut bytes = Vec::new();
-    wire::encode_request(
-        &wire::Request::CollectGarbage(wire::GcRequest {
-            action: 2,
-            paths: Vec::new(),
-            ignore_liveness: false,
-            max_freed_bytes: u64::MAX,
-        }),
-        0x64,
-        &mut bytes,
-    );
+    let bytes = delete_dead_request();
     w.d.handle_input(w.now, c, &bytes);
     let mut held = Vec::new();
     while let Some(output) = w.d.poll_output() {
@@ -1884,17 +1874,7 @@ fn a_temp_root_of_a_session_that_ended_during_the_collection_still_counts() {
     let other_junk = w.item("other-junk", &[], 30);
     let c = w.connect(&[], |_| {});
     let p = w.connect(&[], |_| {});
-    let mut bytes = Vec::new();
-    wire::encode_request(
-        &wire::Request::CollectGarbage(wire::GcRequest {
-            action: 2,
-            paths: Vec::new(),
-            ignore_liveness: false,
-            max_freed_bytes: u64::MAX,
-        }),
-        0x64,
-        &mut bytes,
-    );
+    let bytes = delete_dead_request();
     w.d.handle_input(w.now, c, &bytes);
     // The collection holds gc.lock; meanwhile a session protects `junk`
     // (as if it had just added it and linked it from gcroots, too late
@@ -1992,17 +1972,7 @@ fn a_path_added_again_while_it_is_deleted_is_added_after_the_deletion() {
             break;
         }
     };
-    let mut bytes = Vec::new();
-    wire::encode_request(
-        &wire::Request::CollectGarbage(wire::GcRequest {
-            action: 2,
-            paths: Vec::new(),
-            ignore_liveness: false,
-            max_freed_bytes: u64::MAX,
-        }),
-        0x64,
-        &mut bytes,
-    );
+    let bytes = delete_dead_request();
     w.d.handle_input(w.now, c, &bytes);
     run(&mut w, &mut deletion);
     let (id, effect) = deletion.take().expect("the deletion was asked for");
@@ -2032,4 +2002,20 @@ fn a_path_added_again_while_it_is_deleted_is_added_after_the_deletion() {
     assert_eq!(r.reply, Some(Reply::AddTextToStore(junk.to_string())));
     assert!(w.store.valid.contains_key(&junk), "added again");
     assert_eq!(w.store.files.get(&junk), Some(&contents));
+}
+
+/// The bytes of a collect-garbage request deleting every dead path.
+fn delete_dead_request() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    wire::encode_request(
+        &wire::Request::CollectGarbage(wire::GcRequest {
+            action: 2,
+            paths: Vec::new(),
+            ignore_liveness: false,
+            max_freed_bytes: u64::MAX,
+        }),
+        0x64,
+        &mut bytes,
+    );
+    bytes
 }

@@ -22,6 +22,5 @@ pub mod store;
 pub mod transcript;
 
 pub use bins::Runtime;
-pub use client::{run_guix, run_scheme};
+pub use client::run_guix;
 pub use daemon::{Daemon, DaemonConfig, Implementation, Slot, Substitutes};
-pub use process::Output;

@@ -84,9 +84,13 @@ pub fn run_script(daemon: &Daemon, script: &str, tag: &str, args: &[&str]) -> Ru
         let _ = std::fs::copy(&file, dir.join(name));
     }
     let (steps, failures) = match std::fs::read(&file) {
-        Ok(bytes) => {
-            parse(&bytes).unwrap_or_else(|e| panic!("bad transcript {}: {e}", file.display()))
-        }
+        Ok(bytes) => parse(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "bad transcript {}: {e}\nthe script: {}",
+                file.display(),
+                output.describe()
+            )
+        }),
         Err(_) => (Vec::new(), Vec::new()),
     };
     Run {
@@ -182,3 +186,84 @@ fn clip(v: &Value) -> String {
         format!("{head}... ({} chars)", s.chars().count())
     }
 }
+
+/// Fails unless `reference`, the run of `scenario` against the C++ daemon,
+/// passed: the C++ daemon is the oracle, so a check failing there means
+/// the script is wrong.
+pub fn assert_reference_passed(scenario: &str, reference: &Run) {
+    assert!(
+        reference.passed(),
+        "scenario {scenario} fails against the C++ daemon, so the script is wrong: {}\ndaemon log:\n{}",
+        reference.describe(),
+        reference.daemon_log
+    );
+}
+
+/// Fails unless `candidate`, guixd's run of `scenario` on `runtime`, gave
+/// a transcript equal to `reference`'s except for the `known` differences.
+pub fn assert_same(
+    scenario: &str,
+    runtime: &str,
+    known: &[KnownDifference],
+    reference: &Run,
+    candidate: &Run,
+) {
+    assert!(
+        !candidate.steps.is_empty(),
+        "scenario {scenario}: guixd ({runtime}) gave no transcript: {}\nguixd's log:\n{}",
+        candidate.describe(),
+        candidate.daemon_log
+    );
+    let differences = compare(scenario, known, &reference.steps, &candidate.steps);
+    assert!(
+        differences.is_empty(),
+        "scenario {scenario}: guixd ({runtime}) differs from the C++ daemon:\n{}\n{}guixd's log:\n{}",
+        differences.join("\n"),
+        if candidate.passed() {
+            String::new()
+        } else {
+            candidate.describe()
+        },
+        candidate.daemon_log
+    );
+}
+
+/// The five tests of each transcript scenario `MODULE => SCENARIO;`: the
+/// script against the C++ daemon (`cpp`, which validates it), against
+/// guixd on each runtime (`guixd_threads`, `guixd_smol`), and both compared
+/// with the C++ daemon (`differential_threads`, `differential_smol`). The
+/// calling module provides `interop(&Scenario, Implementation)` and
+/// `differential(&Scenario, Runtime)`.
+macro_rules! transcript_scenarios {
+    ($($module:ident => $scenario:expr;)*) => {$(
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn cpp() {
+                interop(&$scenario, Implementation::Cpp);
+            }
+
+            #[test]
+            fn guixd_threads() {
+                interop(&$scenario, Implementation::Guixd(Runtime::Threads));
+            }
+
+            #[test]
+            fn guixd_smol() {
+                interop(&$scenario, Implementation::Guixd(Runtime::Smol));
+            }
+
+            #[test]
+            fn differential_threads() {
+                differential(&$scenario, Runtime::Threads);
+            }
+
+            #[test]
+            fn differential_smol() {
+                differential(&$scenario, Runtime::Smol);
+            }
+        }
+    )*};
+}
+pub(crate) use transcript_scenarios;
