@@ -153,6 +153,15 @@ pub struct GcGraph {
     store_dir: StoreDir,
     /// Sorted bytewise, unique.
     paths: Vec<String>,
+    /// The length of the prefix every path shares (the store directory
+    /// and more, usually).
+    common_prefix_len: usize,
+    /// For each path, [`lookup_key`] of it: non-decreasing, since the
+    /// paths are sorted. Looking a path up searches these first, in one
+    /// contiguous array, and compares whole strings only among equal keys,
+    /// which keeps a lookup from chasing a pointer to a string at every
+    /// step (most of the time of a collection's plan on a big store).
+    lookup_keys: Vec<u64>,
     nar_sizes: Vec<u64>,
     /// Whether each path is a store path of `store_dir`.
     in_store: Vec<bool>,
@@ -214,6 +223,18 @@ impl GcGraph {
         }
         let id_map = IdMap::new(ids);
         let in_store = paths.iter().map(|p| store_dir.is_store_path(p)).collect();
+        let common_prefix_len = match (paths.first(), paths.last()) {
+            (Some(first), Some(last)) => first
+                .bytes()
+                .zip(last.bytes())
+                .take_while(|(a, b)| a == b)
+                .count(),
+            _ => 0,
+        };
+        let lookup_keys = paths
+            .iter()
+            .map(|p| lookup_key(p, common_prefix_len))
+            .collect();
         let n = paths.len();
         let mut dangling_rows = 0;
 
@@ -263,6 +284,8 @@ impl GcGraph {
         Ok(GcGraph {
             store_dir: store_dir.clone(),
             paths,
+            common_prefix_len,
+            lookup_keys,
             nar_sizes,
             in_store,
             references,
@@ -288,10 +311,22 @@ impl GcGraph {
 
     /// The node of a valid path.
     pub fn node(&self, path: &str) -> Option<NodeId> {
-        self.paths
+        // In bytes: the shared prefix may end inside a UTF-8 character.
+        let prefix = self
+            .paths
+            .first()?
+            .as_bytes()
+            .get(..self.common_prefix_len)?;
+        if !path.as_bytes().starts_with(prefix) {
+            return None;
+        }
+        let key = lookup_key(path, self.common_prefix_len);
+        let start = self.lookup_keys.partition_point(|&k| k < key);
+        let end = start + self.lookup_keys[start..].partition_point(|&k| k == key);
+        self.paths[start..end]
             .binary_search_by(|p| p.as_str().cmp(path))
             .ok()
-            .map(node_id)
+            .map(|i| node_id(start + i))
     }
 
     /// The path of `node`, as the database spells it.
@@ -1056,6 +1091,17 @@ impl IdMap {
 
 /// A node id from an index below [`NODES_MAX`] (checked when the graph is
 /// built).
+/// The 8 bytes of `path` after its first `skip` bytes, big-endian, padded
+/// with zeros: paths in bytewise order have keys in non-decreasing order.
+fn lookup_key(path: &str, skip: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    if let Some(rest) = path.as_bytes().get(skip..) {
+        let n = rest.len().min(8);
+        bytes[..n].copy_from_slice(&rest[..n]);
+    }
+    u64::from_be_bytes(bytes)
+}
+
 fn node_id(index: usize) -> NodeId {
     debug_assert!(index < NODES_MAX);
     index as NodeId
@@ -1488,6 +1534,85 @@ mod tests {
         assert_eq!(graph.nar_size(old), 300);
         assert_eq!(graph.dangling_rows(), 0);
         assert_eq!(graph.node(&item(7, "missing")), None);
+    }
+
+    #[test]
+    fn node_finds_exactly_the_graph_paths() {
+        // Paths sharing long prefixes, paths outside the store, a path that
+        // is a prefix of another, and lookups of paths that are absent.
+        let mut rows = Vec::new();
+        let names = [
+            "/gnu/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x",
+            "/gnu/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x-2",
+            "/gnu/store/aaaaaaab",
+            "/gnu/store/aaaaaaaa",
+            "/gnu/store/b",
+            "/gnu/stor",
+            "/other/place",
+            "/gnu/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-y",
+            "/gnu/store/\u{e9}t\u{e9}",
+            "/gnu/store/\u{e8}re",
+        ];
+        for (i, name) in names.iter().enumerate() {
+            rows.push(row(i as i64 + 1, name, None, 1));
+        }
+        let graph = GcGraph::new(
+            &store_dir(),
+            GcRows {
+                paths: rows,
+                references: Vec::new(),
+                derivation_outputs: Vec::new(),
+            },
+            &GcLimits::default(),
+        )
+        .unwrap();
+        for name in names {
+            let node = graph.node(name).expect(name);
+            assert_eq!(graph.path(node), name);
+        }
+        for absent in [
+            "/gnu/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "/gnu/store/aaaaaaa",
+            "/gnu/store/c",
+            "/gnu",
+            "",
+            "/other/placf",
+            "/gnu/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-z",
+        ] {
+            assert_eq!(graph.node(absent), None, "{absent}");
+        }
+        // One path only: every byte of it is the common prefix.
+        let one = GcGraph::new(
+            &store_dir(),
+            GcRows {
+                paths: vec![row(1, "/gnu/store/b", None, 1)],
+                references: Vec::new(),
+                derivation_outputs: Vec::new(),
+            },
+            &GcLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(one.node("/gnu/store/b"), Some(0));
+        assert_eq!(one.node("/gnu/store/bb"), None);
+        assert_eq!(one.node("/gnu/store/"), None);
+        // A shared prefix that ends inside a character (é and è share
+        // their first UTF-8 byte).
+        let accents = GcGraph::new(
+            &store_dir(),
+            GcRows {
+                paths: vec![
+                    row(1, "/gnu/store/\u{e9}a", None, 1),
+                    row(2, "/gnu/store/\u{e8}b", None, 1),
+                ],
+                references: Vec::new(),
+                derivation_outputs: Vec::new(),
+            },
+            &GcLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(accents.node("/gnu/store/\u{e8}b"), Some(0));
+        assert_eq!(accents.node("/gnu/store/\u{e9}a"), Some(1));
+        assert_eq!(accents.node("/gnu/store/\u{ea}a"), None);
     }
 
     #[test]

@@ -254,20 +254,6 @@ async fn collect_locked(
     }
     roots.temporary.extend(ctx.other_temp_roots().await);
 
-    let mut bytes_freed = 0u64;
-    if request.deletes() {
-        match ctx.effect(Effect::GcPrepareTrash).await {
-            Ok(EffectOutput::TrashPrepared(prepared)) => {
-                bytes_freed = prepared.freed_bytes;
-                if let Some(note) = prepared.note {
-                    say(Level::Info, note);
-                }
-            }
-            Ok(other) => return Err(unexpected(&other)),
-            Err(e) => return Err(e.message),
-        }
-    }
-
     let (rows, entries) = match ctx.effect(Effect::GcSnapshot).await {
         Ok(EffectOutput::GcSnapshot { rows, entries }) => (rows, entries),
         Ok(other) => return Err(unexpected(&other)),
@@ -281,6 +267,28 @@ async fn collect_locked(
         max_freed_bytes: request.max_freed_bytes,
         seed: request.seed,
     };
+    let plan = gc::plan(&graph, &roots, &entries, &options);
+    // The trash is prepared only now, after the graph and the plan (the
+    // C++ collector does it before listing the store; the listing skips
+    // `trash` by name either way), because this effect is also the first
+    // input after that long computation: the machine's clock, which the
+    // victims' lock deadlines below count from, stands still while the
+    // core computes, so without it the first victim's deadline could lie
+    // in the past already and that victim (with everything it keeps
+    // alive) would be skipped.
+    let mut bytes_freed = 0u64;
+    if request.deletes() {
+        match ctx.effect(Effect::GcPrepareTrash).await {
+            Ok(EffectOutput::TrashPrepared(prepared)) => {
+                bytes_freed = prepared.freed_bytes;
+                if let Some(note) = prepared.note {
+                    say(Level::Info, note);
+                }
+            }
+            Ok(other) => return Err(unexpected(&other)),
+            Err(e) => return Err(e.message),
+        }
+    }
     if !matches!(request.action, GcAction::DeleteSpecific(_)) && request.max_freed_bytes > 0 {
         let line = if request.deletes() {
             gc::DELETING_GARBAGE
@@ -289,7 +297,6 @@ async fn collect_locked(
         };
         say(Level::Error, line.to_owned());
     }
-    let plan = gc::plan(&graph, &roots, &entries, &options);
     match request.action {
         _ if request.unknown_action => return Ok(Locked::Listed(Vec::new())),
         GcAction::ReturnLive | GcAction::ReturnDead => return Ok(Locked::Listed(plan.listed)),

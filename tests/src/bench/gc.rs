@@ -173,10 +173,10 @@ impl Model {
         for i in 0..live_leaves + dead_leaves {
             items.push(leaf(&dir, i));
         }
-        let mut dead_set = BTreeSet::new();
-        for k in live_leaves..live_leaves + dead_leaves {
-            dead_set.insert(items[k].path.as_str().to_owned());
-        }
+        let mut dead_set: BTreeSet<String> = items[live_leaves..]
+            .iter()
+            .map(|i| i.path.as_str().to_owned())
+            .collect();
         let mut live_group_ids = Vec::new();
         for (g, chunk) in chunks(0, live_leaves, live_groups).into_iter().enumerate() {
             let id = items.len();
@@ -489,10 +489,24 @@ fn collect(slot: &mut Slot, models: &Models, action: u32, stall_probe: bool) -> 
     match result {
         Ok(r) => {
             if !model.is_dead_set(&r.paths) {
+                let named: BTreeSet<&str> = r.paths.iter().map(String::as_str).collect();
+                let missing: Vec<&str> = model
+                    .dead
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|p| !named.contains(p))
+                    .collect();
+                let groups: Vec<&str> = missing
+                    .iter()
+                    .copied()
+                    .filter(|p| p.contains("-gc-old-group-"))
+                    .collect();
                 sample.error(format!(
-                    "the collector named {} paths, not the {} dead ones",
+                    "the collector named {} paths, not the {} dead ones; {} dead ones \
+                     missing, among them the groups {groups:?}",
                     r.paths.len(),
-                    model.dead.len()
+                    model.dead.len(),
+                    missing.len()
                 ));
             }
             sample.extra.insert("paths".into(), r.paths.len() as f64);
