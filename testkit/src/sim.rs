@@ -1545,8 +1545,14 @@ impl World {
             .model
             .values()
             .filter(|i| i.valid)
+            // The builder gets the contents through its environment, and a
+            // `.drv` string ends at its first NUL (as the C++ daemon prints
+            // it), so only texts without one can be promised.
             .filter_map(|i| match &i.source {
-                Source::Text(spec) if std::str::from_utf8(&spec.contents).is_ok() => {
+                Source::Text(spec)
+                    if std::str::from_utf8(&spec.contents).is_ok()
+                        && !spec.contents.contains(&0) =>
+                {
                     Some(spec.contents.clone())
                 }
                 _ => None,

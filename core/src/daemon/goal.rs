@@ -714,10 +714,13 @@ impl DrvGoal {
     }
 
     async fn close_log(&self, log: LogId) {
+        // Untracked first: should the goal be dropped while the close is in
+        // flight, its leftovers must not close the log a second time (the
+        // close in flight completes before the goal is reaped).
+        self.ctx.track_log(log, false);
         if let Err(e) = self.ctx.effect(Effect::LogClose { log }).await {
             self.ctx.log_daemon(format!("error: {}", e.message));
         }
-        self.ctx.track_log(log, false);
     }
 
     /// One attempt of one round: `startBuilder`, the child's life, and
@@ -803,6 +806,9 @@ impl DrvGoal {
     }
 
     async fn finish_build(&self, build: BuildId, keep_build_dir: bool, owner_uid: Option<u32>) {
+        // Untracked first, as for logs: the finish in flight completes even
+        // if the goal is dropped meanwhile, and must not be repeated.
+        self.ctx.track_build(build, false);
         let r = self
             .ctx
             .effect(Effect::FinishBuild {
@@ -814,7 +820,6 @@ impl DrvGoal {
         if let Err(e) = r {
             self.ctx.log_daemon(format!("error: {}", e.message));
         }
-        self.ctx.track_build(build, false);
     }
 
     /// Waits for a build slot; the daemon's and the session's `max-jobs`
@@ -1186,7 +1191,6 @@ impl DrvGoal {
                         if let Err(e) = result {
                             self.ctx.log_daemon(format!("error: {}", e.message));
                         }
-                        self.ctx.track_build(build, false);
                         continue;
                     }
                     writing = None;
@@ -1244,6 +1248,8 @@ impl DrvGoal {
         }
         self.ctx.kill(child);
         self.timed_out = true;
+        // Untracked now, as in `finish_build`.
+        self.ctx.track_build(build, false);
         self.ctx.start(Request::Effect(Effect::FinishBuild {
             build,
             keep_build_dir: keep_failed,
