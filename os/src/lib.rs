@@ -23,6 +23,8 @@ pub mod net;
 pub mod pressure;
 pub mod reuse;
 pub mod roots;
+#[cfg(test)]
+mod scratch;
 pub mod setup;
 
 use guixd_core::config::Dirs;

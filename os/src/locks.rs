@@ -358,31 +358,12 @@ fn take_fresh_lock(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::{Scratch, scratch};
     use guixd_core::StoreDir;
-    use std::path::PathBuf;
     use std::process::{Command, Stdio};
 
-    /// A scratch directory, removed when the test ends (pass or fail).
-    struct Scratch(PathBuf);
-
-    impl std::ops::Deref for Scratch {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn temp_dir(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("guixd-os-locks-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
+        scratch("locks", tag)
     }
 
     fn store_path(dir: &Path, name: &str) -> StorePath {

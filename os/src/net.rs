@@ -387,31 +387,12 @@ unsafe fn socket_address(info: &libc::addrinfo) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::{Scratch, scratch};
     use std::io::{Read, Write};
     use std::os::unix::fs::FileTypeExt;
-    use std::path::PathBuf;
-
-    /// A scratch directory, removed when the test ends (pass or fail).
-    struct Scratch(PathBuf);
-
-    impl std::ops::Deref for Scratch {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn temp_dir(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("guixd-os-net-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
+        scratch("net", tag)
     }
 
     fn round_trip(listener: &UnixListener, mut client: UnixStream) {

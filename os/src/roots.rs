@@ -383,31 +383,13 @@ fn gc_lock_error(path: &Path, err: &io::Error) -> EffectError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::{Scratch, scratch};
     use guixd_core::StoreDir;
     use guixd_core::config::Dirs;
     use std::os::unix::fs::MetadataExt;
 
-    /// A scratch directory, removed when the test ends (pass or fail).
-    struct Scratch(PathBuf);
-
-    impl std::ops::Deref for Scratch {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn temp_dir(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("guixd-os-roots-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
+        scratch("roots", tag)
     }
 
     fn config(state: &Path) -> OsConfig {

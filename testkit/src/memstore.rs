@@ -38,8 +38,8 @@ use guixd_core::gc::{
 };
 use guixd_core::hash::{Hash, HashAlgo, Hasher};
 use guixd_core::nar::{
-    FileNarHasher, NarError, NarEvent, NarLimits, NarParser, NarTree, Outcome, file_nar_prefix,
-    file_nar_suffix, hash_file_nar,
+    FileNarHasher, NarError, NarEvent, NarLimits, NarParser, NarTree, Outcome, file_nar_size,
+    hash_file_nar,
 };
 use guixd_core::store_path::{HASH_PART_LEN, StoreDir, StorePath};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1266,7 +1266,7 @@ impl MemStore {
     fn write_text(&mut self, dest: StorePath, contents: Vec<u8>) -> EffectOutput {
         let measured = Measured {
             nar_hash: hash_file_nar(HashAlgo::Sha256, false, &contents),
-            nar_size: file_nar_size(contents.len() as u64),
+            nar_size: file_nar_size(false, contents.len() as u64),
             content_hash: Hash::sha256(&contents),
         };
         let tree = NarTree::File {
@@ -1608,13 +1608,6 @@ pub fn verify_fake_signature(signature: &[u8]) -> Option<String> {
     (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_owned())
 }
 
-/// The size of the one-file NAR of a non-executable file of `size_bytes`.
-pub fn file_nar_size(size_bytes: u64) -> u64 {
-    file_nar_prefix(false, size_bytes).len() as u64
-        + size_bytes
-        + file_nar_suffix(size_bytes).len() as u64
-}
-
 /// A short name for an effect's kind, for logs and statistics.
 pub fn effect_kind(effect: &Effect) -> &'static str {
     match effect {
@@ -1843,7 +1836,7 @@ impl Upload {
                     .map_err(|e| invalid(format!("guixd bug: {e}")))?;
                 Ok(Measured {
                     nar_hash,
-                    nar_size: file_nar_size(size_bytes),
+                    nar_size: file_nar_size(false, size_bytes),
                     content_hash: content.finish(),
                 })
             }

@@ -43,6 +43,16 @@ struct Script {
     holds_log: bool,
 }
 
+impl Script {
+    /// A builder that runs until it is killed.
+    fn hanging() -> Script {
+        Script {
+            hang: true,
+            ..Script::default()
+        }
+    }
+}
+
 impl Default for Script {
     fn default() -> Script {
         Script {
@@ -789,15 +799,7 @@ fn verbosity_nests_the_start_trace_and_multiplexing_frames_output() {
 #[test]
 fn two_sessions_share_one_build_and_both_see_it() {
     let mut w = World::new(&[]);
-    let a = w.drv(
-        "a",
-        &[],
-        &[],
-        Script {
-            hang: true,
-            ..Script::default()
-        },
-    );
+    let a = w.drv("a", &[], &[], Script::hanging());
     let c1 = w.connect(&[], |_| {});
     let c2 = w.connect(&[], |_| {});
     w.build(c1, &things(&[&a]), 0);
@@ -880,15 +882,7 @@ fn a_failed_input_fails_its_dependents_and_stops_the_request() {
         },
     );
     let top = w.drv("top", &[&bad], &[], Script::default());
-    let slow = w.drv(
-        "slow",
-        &[],
-        &[],
-        Script {
-            hang: true,
-            ..Script::default()
-        },
-    );
+    let slow = w.drv("slow", &[], &[], Script::hanging());
     let c = w.connect(&[], |_| {});
     w.build(c, &things(&[&top, &slow]), 0);
     let r = w
@@ -928,15 +922,7 @@ fn keep_going_builds_everything_it_can() {
 #[test]
 fn silence_and_wall_time_limits_kill_the_builder() {
     let mut w = World::new(&[]);
-    let a = w.drv(
-        "a",
-        &[],
-        &[],
-        Script {
-            hang: true,
-            ..Script::default()
-        },
-    );
+    let a = w.drv("a", &[], &[], Script::hanging());
     let c = w.connect(&[("build-max-silent-time", "10")], |_| {});
     w.build(c, &things(&[&a]), 0);
     w.advance(Duration::from_secs(9));
@@ -952,15 +938,7 @@ fn silence_and_wall_time_limits_kill_the_builder() {
     );
     assert_eq!(r.error, Some((format!("build of `{a}' failed"), 101)));
 
-    let b = w.drv(
-        "b",
-        &[],
-        &[],
-        Script {
-            hang: true,
-            ..Script::default()
-        },
-    );
+    let b = w.drv("b", &[], &[], Script::hanging());
     let c = w.connect(&[("build-timeout", "30")], |_| {});
     w.build(c, &things(&[&b]), 0);
     w.advance(Duration::from_secs(31));
@@ -1119,15 +1097,7 @@ fn rounds_compare_their_outputs() {
 #[test]
 fn a_client_that_leaves_stops_its_build() {
     let mut w = World::new(&[]);
-    let a = w.drv(
-        "a",
-        &[],
-        &[],
-        Script {
-            hang: true,
-            ..Script::default()
-        },
-    );
+    let a = w.drv("a", &[], &[], Script::hanging());
     let c = w.connect(&[], |_| {});
     w.build(c, &things(&[&a]), 0);
     assert_eq!(w.children.len(), 1);

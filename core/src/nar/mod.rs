@@ -37,8 +37,8 @@ mod writer;
 pub use parser::{NarError, NarParser, Outcome, Step, parse_complete};
 pub use tree::NarTree;
 pub use writer::{
-    FileNarHasher, NarWriteError, NarWriter, file_nar, file_nar_prefix, file_nar_suffix,
-    hash_file_nar,
+    FileNarHasher, NarWriteError, NarWriter, file_nar, file_nar_prefix, file_nar_size,
+    file_nar_suffix, hash_file_nar,
 };
 
 /// The first token of every NAR.

@@ -174,6 +174,14 @@ pub fn file_nar_suffix(size_bytes: u64) -> &'static [u8] {
     &FILE_SUFFIXES[7 - padding_len(size_bytes)..]
 }
 
+/// The size of the single-file NAR of a file of `size_bytes`, without
+/// building it.
+pub fn file_nar_size(executable: bool, size_bytes: u64) -> u64 {
+    file_nar_prefix(executable, size_bytes).len() as u64
+        + size_bytes
+        + file_nar_suffix(size_bytes).len() as u64
+}
+
 /// The hash of the single-file NAR of `contents`, without building it.
 pub fn hash_file_nar(algo: HashAlgo, executable: bool, contents: &[u8]) -> Hash {
     let mut h = Hasher::new(algo);

@@ -38,9 +38,7 @@ pub use ops::{
     Owner, STORE_MTIME_S, canonical_mode, canonicalise_path,
     canonicalise_timestamp_and_permissions, delete_path,
 };
-pub use upload::{
-    PARALLEL_HASH_MIN_BYTES, PREALLOCATE_MIN_BYTES, WRITE_BUFFER_BYTES, file_nar_size,
-};
+pub use upload::{PARALLEL_HASH_MIN_BYTES, PREALLOCATE_MIN_BYTES, WRITE_BUFFER_BYTES};
 
 use crate::OsConfig;
 use crate::locks::sys_error;
@@ -51,7 +49,7 @@ use guixd_core::effect::{
     UploadKind,
 };
 use guixd_core::hash::{Hash, HashAlgo};
-use guixd_core::nar::{NarLimits, hash_file_nar};
+use guixd_core::nar::{NarLimits, file_nar_size, hash_file_nar};
 use ops::{invalid, lstat_if_exists, set_owner_fd, set_store_mtime_fd};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};

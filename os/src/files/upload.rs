@@ -25,8 +25,7 @@ use crate::locks::sys_error;
 use guixd_core::effect::{EffectError, Measured, UploadKind};
 use guixd_core::hash::{HashAlgo, Hasher};
 use guixd_core::nar::{
-    FileNarHasher, NarError, NarEvent, NarLimits, NarParser, Outcome, file_nar_prefix,
-    file_nar_suffix,
+    FileNarHasher, NarError, NarEvent, NarLimits, NarParser, Outcome, file_nar_size,
 };
 use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -310,13 +309,6 @@ impl Upload {
             }
         }
     }
-}
-
-/// The size of the one-file NAR of a file of `size_bytes`.
-pub fn file_nar_size(executable: bool, size_bytes: u64) -> u64 {
-    file_nar_prefix(executable, size_bytes).len() as u64
-        + size_bytes
-        + file_nar_suffix(size_bytes).len() as u64
 }
 
 /// Renames the item into place. A directory moving to another parent needs
