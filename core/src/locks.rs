@@ -15,6 +15,10 @@
 //!   path; a request is granted all of its paths at once or none of them;
 //! - a request is granted only once the OS lock of every one of its paths is
 //!   held, and an OS lock is dropped only when no request claims its path;
+//!   the exception is a request for the table alone
+//!   ([`LockTable::acquire_in_table`]), which opens no lock file: it is
+//!   granted when its paths are free here and none of their lock files is
+//!   being opened or closed;
 //! - each lock file is opened at most once at a time: no second try-lock is
 //!   asked for while one is in flight, held, or still being released;
 //! - lock files open at once (try-locks in flight, locks held, releases in
@@ -173,6 +177,21 @@ impl LockTable {
     /// is free, no earlier waiting request wants any of them, and their OS
     /// locks are held. An empty set is granted at once.
     pub fn acquire(&mut self, paths: BTreeSet<StorePath>) -> LockRequestId {
+        self.add_request(paths, false)
+    }
+
+    /// Like [`acquire`](Self::acquire), but excludes this daemon's other
+    /// requests only: no lock file is opened (one already held because a
+    /// release passed it on is kept until the request lets go). For a
+    /// caller that keeps other processes away by other means: the
+    /// collector, which holds `gc.lock` and the other processes'
+    /// temporary-roots files while it deletes, so none of them can start
+    /// using a dead path.
+    pub fn acquire_in_table(&mut self, paths: BTreeSet<StorePath>) -> LockRequestId {
+        self.add_request(paths, true)
+    }
+
+    fn add_request(&mut self, paths: BTreeSet<StorePath>, in_table: bool) -> LockRequestId {
         let id = LockRequestId(self.next_id);
         // A u64 counting requests cannot wrap in the daemon's lifetime.
         self.next_id += 1;
@@ -180,6 +199,7 @@ impl LockTable {
             id,
             Request {
                 paths,
+                in_table,
                 state: RequestState::Waiting,
                 failures: 0,
             },
@@ -329,6 +349,8 @@ impl LockTable {
 #[derive(Debug)]
 struct Request {
     paths: BTreeSet<StorePath>,
+    /// Asked for with [`LockTable::acquire_in_table`]: no OS locks.
+    in_table: bool,
     state: RequestState,
     /// OS try-locks that failed for this request, for the backoff.
     failures: u32,
@@ -447,16 +469,21 @@ impl LockTable {
                 continue;
             };
             let may_claim = request.state == RequestState::Waiting
-                && request
-                    .paths
-                    .iter()
-                    .all(|p| !wanted_earlier.contains(p) && self.is_free(p));
+                && request.paths.iter().all(|p| {
+                    !wanted_earlier.contains(p)
+                        && self.is_free(p)
+                        && !(request.in_table && self.is_being_opened(p))
+                });
             if may_claim {
-                let new_files = request
-                    .paths
-                    .iter()
-                    .filter(|p| self.needs_new_file(p))
-                    .count();
+                let new_files = if request.in_table {
+                    0
+                } else {
+                    request
+                        .paths
+                        .iter()
+                        .filter(|p| self.needs_new_file(p))
+                        .count()
+                };
                 if new_files == 0 || (!ceiling_wait && self.fits(new_files)) {
                     self.claim(id);
                     continue;
@@ -476,6 +503,12 @@ impl LockTable {
         self.paths
             .get(path)
             .is_none_or(|e| e.claimant.is_none() && e.os != OsLock::Releasing)
+    }
+
+    /// Whether a try-lock on `path`'s lock file is in flight (for a request
+    /// that went away): its outcome is for requests that take OS locks.
+    fn is_being_opened(&self, path: &StorePath) -> bool {
+        self.paths.get(path).is_some_and(|e| e.os == OsLock::Pending)
     }
 
     /// Whether claiming `path` would open its lock file. A path whose lock
@@ -503,8 +536,15 @@ impl LockTable {
             let entry = self.paths.entry(path.clone()).or_default();
             debug_assert!(entry.claimant.is_none() && entry.os != OsLock::Releasing);
             entry.claimant = Some(id);
+            if request.in_table {
+                debug_assert!(entry.os != OsLock::Pending);
+                continue;
+            }
             match entry.os {
                 OsLock::None => {
+                    // A flag from a holder in the table alone, before this
+                    // lock file was opened, is not about it.
+                    entry.delete_lock_file = false;
                     entry.os = OsLock::Pending;
                     self.lock_files_open += 1;
                     self.events.push_back(LockEvent::NeedOsLock(path.clone()));
@@ -1035,8 +1075,9 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Op {
-        /// A request for the paths whose bits are set (possibly none).
-        Acquire(u8),
+        /// A request for the paths whose bits are set (possibly none); with
+        /// `true`, for the table alone.
+        Acquire(u8, bool),
         /// Release a granted request, chosen by index.
         Release { pick: u8, delete: bool },
         /// Cancel any live request, chosen by index.
@@ -1052,7 +1093,10 @@ mod tests {
     impl Arbitrary for Op {
         fn arbitrary(g: &mut Gen) -> Op {
             match u8::arbitrary(g) % 16 {
-                0..=3 => Op::Acquire(u8::arbitrary(g) % (1 << UNIVERSE)),
+                0..=3 => Op::Acquire(
+                    u8::arbitrary(g) % (1 << UNIVERSE),
+                    u8::arbitrary(g) % 4 == 0,
+                ),
                 4..=5 => Op::Release {
                     pick: u8::arbitrary(g),
                     delete: bool::arbitrary(g),
@@ -1112,6 +1156,8 @@ mod tests {
         os_releasing: Vec<StorePath>,
         /// Every request ever made, with its paths.
         all: BTreeMap<LockRequestId, BTreeSet<StorePath>>,
+        /// The requests for the table alone.
+        in_table: BTreeSet<LockRequestId>,
         /// Live requests: whether granted.
         live: BTreeMap<LockRequestId, bool>,
         cancelled: BTreeSet<LockRequestId>,
@@ -1129,6 +1175,7 @@ mod tests {
                 os_held: BTreeMap::new(),
                 os_releasing: Vec::new(),
                 all: BTreeMap::new(),
+                in_table: BTreeSet::new(),
                 live: BTreeMap::new(),
                 cancelled: BTreeSet::new(),
                 granted_ever: BTreeSet::new(),
@@ -1147,12 +1194,18 @@ mod tests {
                 .collect()
         }
 
-        fn acquire(&mut self, mask: u8) {
+        fn acquire(&mut self, mask: u8, in_table: bool) {
             let paths: BTreeSet<StorePath> = (0..UNIVERSE)
                 .filter(|i| mask & (1 << i) != 0)
                 .map(|i| self.universe[i].clone())
                 .collect();
-            let id = self.table.acquire(paths.clone());
+            let id = if in_table {
+                let id = self.table.acquire_in_table(paths.clone());
+                self.in_table.insert(id);
+                id
+            } else {
+                self.table.acquire(paths.clone())
+            };
             assert!(self.all.keys().all(|old| *old < id), "ids increase");
             self.all.insert(id, paths);
             self.live.insert(id, false);
@@ -1183,7 +1236,7 @@ mod tests {
 
         fn step(&mut self, op: &Op) {
             match *op {
-                Op::Acquire(mask) => self.acquire(mask),
+                Op::Acquire(mask, in_table) => self.acquire(mask, in_table),
                 Op::Release { pick, delete } => {
                     let granted = self.granted_live();
                     if !granted.is_empty() {
@@ -1241,10 +1294,17 @@ mod tests {
                         assert!(self.granted_ever.insert(id));
                         let paths = &self.all[&id];
                         for p in paths {
-                            assert!(
-                                self.os_held.contains_key(p),
-                                "{id} granted without the OS lock on {p}"
-                            );
+                            if self.in_table.contains(&id) {
+                                assert!(
+                                    !self.os_pending.contains(p) && !self.os_releasing.contains(p),
+                                    "{id} granted while the lock file of {p} opens or closes"
+                                );
+                            } else {
+                                assert!(
+                                    self.os_held.contains_key(p),
+                                    "{id} granted without the OS lock on {p}"
+                                );
+                            }
                         }
                         for other in self.granted_live() {
                             assert!(
@@ -1368,8 +1428,14 @@ mod tests {
                         for p in &r.paths {
                             assert_eq!(t.paths[p].claimant, Some(*id), "{id} claims {p}");
                         }
-                        let all_held = r.paths.iter().all(|p| t.paths[p].os == OsLock::Held);
-                        assert_eq!(all_held, r.state == RequestState::Granted, "{id} stuck");
+                        if r.in_table {
+                            assert_eq!(r.state, RequestState::Granted, "{id} stuck");
+                            assert!(r.paths.iter().all(|p| t.paths[p].os != OsLock::Pending));
+                        } else {
+                            let all_held =
+                                r.paths.iter().all(|p| t.paths[p].os == OsLock::Held);
+                            assert_eq!(all_held, r.state == RequestState::Granted, "{id} stuck");
+                        }
                     }
                     RequestState::Waiting => {}
                 }
@@ -1410,17 +1476,24 @@ mod tests {
                     RequestState::Acquiring | RequestState::Granted => continue,
                     RequestState::Backoff { .. } => {}
                     RequestState::Waiting => {
+                        let in_table = self.in_table.contains(id);
                         let free = r.paths.iter().all(|p| {
                             !wanted_earlier.contains(p)
                                 && match t.paths.get(p) {
                                     None => true,
-                                    Some(e) => e.claimant.is_none() && e.os != OsLock::Releasing,
+                                    Some(e) => {
+                                        e.claimant.is_none()
+                                            && e.os != OsLock::Releasing
+                                            && !(in_table && e.os == OsLock::Pending)
+                                    }
                                 }
                         });
                         let new_files = r
                             .paths
                             .iter()
-                            .filter(|p| t.paths.get(*p).is_none_or(|e| e.os == OsLock::None))
+                            .filter(|p| {
+                                !in_table && t.paths.get(*p).is_none_or(|e| e.os == OsLock::None)
+                            })
                             .count();
                         let fits = new_files == 0
                             || (!ceiling_wait

@@ -154,6 +154,15 @@ fn crash(runtime: Runtime) {
         if left.is_empty() {
             break;
         }
+        if restarted.elapsed() >= Duration::from_secs(10) {
+            for p in &left {
+                eprintln!("DEBUG {} status:\n{}", p.pid, fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default());
+                eprintln!("DEBUG {} stat: {}", p.pid, fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default());
+                eprintln!("DEBUG ns pid {:?} user {:?} mnt {:?}", fs::read_link(format!("/proc/{}/ns/pid", p.pid)), fs::read_link(format!("/proc/{}/ns/user", p.pid)), fs::read_link(format!("/proc/{}/root", p.pid)));
+            }
+            eprintln!("DEBUG processes {:?}", daemon.processes());
+            eprintln!("DEBUG log:\n{}", daemon.log());
+        }
         assert!(
             restarted.elapsed() < Duration::from_secs(10),
             "builders of the killed daemon are still running after the restart: {left:?}"

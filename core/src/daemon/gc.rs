@@ -18,9 +18,11 @@
 //!   daemon's sessions never touch `gc.lock`; exclusion is per path. Before
 //!   each deletion the victim (and, for a `.lock` or `.chroot` companion,
 //!   the path it belongs to) is checked against the temporary roots of
-//!   every other task, its lock is taken in the core's lock table (for a
-//!   short while at most: a path someone holds is skipped, not waited
-//!   for), the temporary roots are checked again, and only then is the
+//!   every other task, its lock is taken in the core's lock table alone
+//!   (no lock file: other processes are kept away by `gc.lock` and by
+//!   their temporary-roots files, read-locked for the whole collection;
+//!   and for a short while at most: a path someone holds is skipped, not
+//!   waited for), the temporary roots are checked again, and only then is the
 //!   deletion asked for, through the writer queue, where the machine
 //!   looks once more as the job starts; a path found protected or in use
 //!   is revived with everything it keeps alive. While the deletion runs,
@@ -315,7 +317,7 @@ async fn collect_locked(
             continue;
         };
         let Some(lock) = ctx
-            .lock_until(
+            .lock_in_table_until(
                 BTreeSet::from([victim.path.clone()]),
                 now + VICTIM_LOCK_WAIT,
             )

@@ -776,6 +776,14 @@ impl Daemon {
         }
     }
 
+    /// Notes that `lock` answers `task`'s request `token`.
+    fn own_lock(&mut self, task: TaskId, token: Token, lock: LockRequestId) {
+        self.lock_owners.insert(lock, (task, token));
+        if let Some(st) = self.state_mut(task) {
+            st.locks.insert(lock);
+        }
+    }
+
     fn route(&mut self, task: TaskId, token: Token, request: Request) {
         match request {
             Request::Effect(effect) => {
@@ -797,10 +805,11 @@ impl Daemon {
             }
             Request::Lock(paths) => {
                 let lock = self.locks.acquire(paths);
-                self.lock_owners.insert(lock, (task, token));
-                if let Some(st) = self.state_mut(task) {
-                    st.locks.insert(lock);
-                }
+                self.own_lock(task, token, lock);
+            }
+            Request::LockInTable(paths) => {
+                let lock = self.locks.acquire_in_table(paths);
+                self.own_lock(task, token, lock);
             }
             Request::Unlock { lock, delete } => {
                 self.lock_owners.remove(&lock.0);

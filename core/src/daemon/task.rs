@@ -21,7 +21,7 @@
 //!
 //! A collecting session also asks the machine about other tasks'
 //! temporary roots (`OtherTempRoots`, `Protected`, `GcWatch`) and waits for
-//! a victim's lock only until a deadline (`Ctx::lock_until`, withdrawn with
+//! a victim's lock only until a deadline (`Ctx::lock_in_table_until`, withdrawn with
 //! `CancelLock`).
 //!
 //! Keeps true:
@@ -62,6 +62,9 @@ pub(crate) enum Request {
     Effect(Effect),
     /// Exclusive locks on all of these paths (all or nothing).
     Lock(BTreeSet<StorePath>),
+    /// The same in the lock table alone, without lock files (for the
+    /// collector's victims: see `LockTable::acquire_in_table`).
+    LockInTable(BTreeSet<StorePath>),
     /// Releases a granted lock; `delete` removes the lock files.
     Unlock {
         lock: LockHandle,
@@ -568,15 +571,16 @@ impl Ctx {
         }
     }
 
-    /// Asks for a lock on `paths` and waits for it until `deadline` at
-    /// most; `None` (the request withdrawn) when it was not granted by
-    /// then.
-    pub(crate) async fn lock_until(
+    /// Asks for a lock on `paths` in the lock table alone (no lock files:
+    /// for the collector, which keeps other processes away with `gc.lock`)
+    /// and waits for it until `deadline` at most; `None` (the request
+    /// withdrawn) when it was not granted by then.
+    pub(crate) async fn lock_in_table_until(
         &self,
         paths: BTreeSet<StorePath>,
         deadline: Instant,
     ) -> Option<LockHandle> {
-        let token = self.start(Request::Lock(paths));
+        let token = self.start(Request::LockInTable(paths));
         match self.wait_goal_event(&[token], Some(deadline)).await {
             GoalEvent::Completed(_, Completion::Locked(h)) => Some(h),
             GoalEvent::Completed(_, other) => unreachable_completion(other),

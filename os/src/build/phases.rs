@@ -16,7 +16,10 @@
 //!   with the daemon's main thread (the parent of every builder, through
 //!   `CLONE_PARENT`): a daemon killed in the middle of builds leaves no
 //!   builder behind (in chroot mode the builder is process 1 of its PID
-//!   namespace, so the whole build goes with it).
+//!   namespace, so the whole build goes with it). A daemon that died while
+//!   the child was still setting up (before it could ask for the signal)
+//!   is noticed after asking: the child's parent, read from `/proc`, is no
+//!   longer the daemon, and the child exits instead of running the program.
 
 use super::spec::{Chroot, Exec, SpawnSpec};
 use crate::locks::strerror;
@@ -38,17 +41,28 @@ const SYMLINK_FOLLOW_MAX: u32 = 1024;
 /// builder. `log` is the write end of the log pipe and `setup` the child's
 /// end of the user-namespace synchronisation socket. Every other inherited
 /// descriptor is closed first.
-pub(crate) fn run_child(spec: &SpawnSpec, log: RawFd, setup: Option<RawFd>) -> ! {
+/// `daemon` is the daemon's pid as `/proc` shows it to the spawner (see
+/// [`parent_in_proc`]), when it could be read.
+pub(crate) fn run_child(
+    spec: &SpawnSpec,
+    log: RawFd,
+    setup: Option<RawFd>,
+    daemon: Option<libc::pid_t>,
+) -> ! {
     reset_signals();
     let mut keep = vec![0, 1, 2, log];
     keep.extend(setup);
     close_all_except(&mut keep);
+    // Opened now, while `/proc` is still the spawner's: the chroot phases
+    // mount another one, whose PID namespace does not show the daemon.
+    let lineage = daemon.and_then(|daemon| Some((open_self_stat()?, daemon)));
 
     let mut child = Child {
         spec,
         log,
         setup,
         err_fd: log,
+        lineage,
     };
     let phases: &[(&str, Phase)] = if spec.chroot.is_some() {
         &CLONE_PHASES
@@ -202,6 +216,10 @@ struct Child<'a> {
     /// Where a setup failure is written: the log pipe, which becomes
     /// standard error in `earlyIOSetup`.
     err_fd: RawFd,
+    /// This process's `/proc/<pid>/stat` (close-on-exec) and the daemon's
+    /// pid as that file names the parent: how `exec` tells whether the
+    /// daemon is still alive once the parent-death signal is set.
+    lineage: Option<(RawFd, libc::pid_t)>,
 }
 
 impl Child<'_> {
@@ -444,7 +462,10 @@ fn change_dir(c: &mut Child<'_>) -> Result<(), String> {
 }
 
 fn close_most_fds(c: &mut Child<'_>) -> Result<(), String> {
-    close_all_except(&mut vec![0, 1, 2]);
+    let mut keep = vec![0, 1, 2];
+    // Close-on-exec already; `exec` still needs it.
+    keep.extend(c.lineage.map(|(stat, _)| stat));
+    close_all_except(&mut keep);
     c.setup = None;
     Ok(())
 }
@@ -523,6 +544,14 @@ fn setup_success(_: &mut Child<'_>) -> Result<(), String> {
 fn exec(c: &mut Child<'_>) -> Result<(), String> {
     // Set here, after the last change of credentials (which clears it).
     die_with_daemon()?;
+    if let Some((stat, daemon)) = c.lineage
+        && read_parent(stat).is_some_and(|parent| parent != daemon)
+    {
+        // The daemon died before the signal was asked for, so none will
+        // come: nobody waits for this build any more.
+        // SAFETY: `_exit` never returns.
+        unsafe { libc::_exit(1) }
+    }
     match &c.spec.exec {
         Exec::Builder {
             path,
@@ -596,14 +625,61 @@ fn exec(c: &mut Child<'_>) -> Result<(), String> {
 }
 
 /// Makes this process get SIGKILL when its parent, the daemon, dies. (If
-/// the daemon died between the clone and this call, the builder lives on
-/// until it ends by itself; the window is a few system calls long.)
+/// the daemon died before this call, no signal comes: `exec` checks the
+/// parent afterwards.)
 fn die_with_daemon() -> Result<(), String> {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == -1 {
         return Err(last_sys_msg("setting the parent-death signal"));
     }
     Ok(())
+}
+
+/// Opens this process's `/proc/self/stat`, close-on-exec.
+fn open_self_stat() -> Option<RawFd> {
+    // SAFETY: a NUL-terminated path and plain flags.
+    let fd = unsafe { libc::open(c"/proc/self/stat".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    if fd > 2 {
+        return Some(fd);
+    }
+    // Standard streams get replaced during set-up: keep it above them.
+    // SAFETY: duplicates and closes a descriptor this function opened.
+    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    // SAFETY: as above.
+    unsafe { libc::close(fd) };
+    (moved >= 0).then_some(moved)
+}
+
+/// The parent's pid in the `stat` file `stat` of some process, in the PID
+/// namespace of the `/proc` it was opened from; `None` when it cannot be
+/// read or the parent is not visible there (0).
+fn read_parent(stat: RawFd) -> Option<libc::pid_t> {
+    let mut buf = [0u8; 1024];
+    // SAFETY: reads at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::pread(stat, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let text = buf.get(..usize::try_from(n).ok()?)?;
+    // "PID (COMM) STATE PPID ...": COMM may hold anything, ')' included.
+    let after_comm = &text[text.iter().rposition(|&b| b == b')')? + 1..];
+    let ppid = after_comm
+        .split(|&b| b == b' ')
+        .filter(|field| !field.is_empty())
+        .nth(1)?;
+    let ppid: libc::pid_t = std::str::from_utf8(ppid).ok()?.parse().ok()?;
+    (ppid > 0).then_some(ppid)
+}
+
+/// The parent of the calling process as its `/proc/self/stat` names it:
+/// the spawner reads the daemon's pid this way once, so that a builder
+/// compares like with like whatever PID namespace `/proc` belongs to.
+pub(crate) fn parent_in_proc() -> Option<libc::pid_t> {
+    let stat = open_self_stat()?;
+    let parent = read_parent(stat);
+    // SAFETY: closes the descriptor opened above, used nowhere else.
+    unsafe { libc::close(stat) };
+    parent
 }
 
 /// A built-in builder failed: the C++ daemon reports that as plain build
@@ -1137,6 +1213,7 @@ fn last_sys_msg(context: impl std::fmt::Display) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
 
     #[test]
@@ -1176,6 +1253,24 @@ mod tests {
             "{looping}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_parent_is_read_from_proc_whatever_the_command_name_holds() {
+        // SAFETY: getppid has no preconditions.
+        assert_eq!(parent_in_proc(), Some(unsafe { libc::getppid() }));
+        let file = std::env::temp_dir().join(format!("guixd-os-stat-{}", std::process::id()));
+        for (text, parent) in [
+            (&b"12 (a) b) S 77 12 12 0 -1"[..], Some(77)),
+            (b"12 (sh) S 0 0 0", None),
+            (b"12 (x) S", None),
+            (b"garbage", None),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let stat = std::fs::File::open(&file).unwrap();
+            assert_eq!(read_parent(stat.as_raw_fd()), parent, "{text:?}");
+        }
+        std::fs::remove_file(&file).unwrap();
     }
 
     #[test]

@@ -230,11 +230,12 @@ fn helper_main(control: OwnedFd, daemon: libc::pid_t) -> ! {
     }
     close_inherited(control.as_raw_fd());
     let limits = SpecLimits::default();
+    let daemon_in_proc = phases::parent_in_proc();
     loop {
         match recv_fd(&control) {
             // The daemon is gone.
             Ok(None) => break,
-            Ok(Some(channel)) => serve_channel(channel, &limits),
+            Ok(Some(channel)) => serve_channel(channel, &limits, daemon_in_proc),
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             // A message without a descriptor or with too many: skip it.
             Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
@@ -248,7 +249,8 @@ fn helper_main(control: OwnedFd, daemon: libc::pid_t) -> ! {
 
 /// Serves one request on `channel`; every failure is answered (when the
 /// peer still listens) and forgotten.
-fn serve_channel(channel: OwnedFd, limits: &SpecLimits) {
+/// `daemon_in_proc` is handed to the builder (see [`phases::run_child`]).
+fn serve_channel(channel: OwnedFd, limits: &SpecLimits, daemon_in_proc: Option<libc::pid_t>) {
     if set_timeouts(&channel, REQUEST_TIMEOUT).is_err() {
         return;
     }
@@ -278,7 +280,7 @@ fn serve_channel(channel: OwnedFd, limits: &SpecLimits) {
             return;
         }
     };
-    match start_child(&spec) {
+    match start_child(&spec, daemon_in_proc) {
         Ok(child) => {
             let _ = reply(&channel, STATUS_OK, child.pid, "", Some(&child));
         }
@@ -305,7 +307,10 @@ fn serve_channel(channel: OwnedFd, limits: &SpecLimits) {
 
 /// Clones the builder and, for a user namespace, maps its ids and lets it
 /// go on.
-fn start_child(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+fn start_child(
+    spec: &SpawnSpec,
+    daemon_in_proc: Option<libc::pid_t>,
+) -> Result<Spawned, SpawnError> {
     let fail = |message: String| SpawnError {
         message,
         child: None,
@@ -341,7 +346,7 @@ fn start_child(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     let Cloned::Parent { pid, pidfd } = cloned else {
         // The child: every descriptor but these two is closed first thing.
         let setup_fd = setup.as_ref().map(|(_, child_end)| child_end.as_raw_fd());
-        phases::run_child(spec, log_w.as_raw_fd(), setup_fd);
+        phases::run_child(spec, log_w.as_raw_fd(), setup_fd, daemon_in_proc);
     };
     drop(log_w);
     let child = Spawned {

@@ -269,7 +269,46 @@ fn queries(slot: &mut Slot, n: usize, path_info: bool) -> Sample {
     }
     sample.value = secs(started.elapsed());
     sample.extra.insert("ops/s".into(), n as f64 / sample.value);
+    // What the same number of exchanges costs with no daemon at all: the
+    // request as the client sends it (operation, length, padded path) and
+    // the smallest reply (last stderr frame and one word).
+    let request = 16 + slot.items[0].len().next_multiple_of(8);
+    match round_trip_floor(n, request, 16) {
+        Ok(floor) => {
+            sample.extra.insert("floor s".into(), floor);
+        }
+        Err(e) => sample.error(format!("measuring the round-trip floor: {e}")),
+    }
     sample
+}
+
+/// Seconds taken by `n` exchanges of `request` bytes one way and `reply`
+/// bytes back over a Unix socket pair whose other end is a thread that
+/// only echoes: the least any daemon's answers can cost on one connection
+/// on this machine at this moment, as the kernel's wake-ups bound it.
+pub fn round_trip_floor(n: usize, request: usize, reply: usize) -> std::io::Result<f64> {
+    use std::io::Read;
+    let (mut near, mut far) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = vec![0u8; request];
+        let answer = vec![0u8; reply];
+        for _ in 0..n {
+            far.read_exact(&mut buf)?;
+            far.write_all(&answer)?;
+        }
+        Ok(())
+    });
+    let message = vec![1u8; request];
+    let mut answer = vec![0u8; reply];
+    let started = Instant::now();
+    for _ in 0..n {
+        near.write_all(&message)?;
+        near.read_exact(&mut answer)?;
+    }
+    let elapsed = secs(started.elapsed());
+    echo.join()
+        .map_err(|_| std::io::Error::other("the echo thread panicked"))??;
+    Ok(elapsed)
 }
 
 fn handshakes(slot: &mut Slot, n: usize) -> Sample {

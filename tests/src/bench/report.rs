@@ -225,7 +225,29 @@ fn notes(r: &ScenarioResult) -> String {
     if let Some(v) = r.median_extra(Implementation::Cpp, "GB/s") {
         parts.push(format!("cpp: {v:.2} GB/s"));
     }
+    if let Some(floor) = floor(r) {
+        let best = r
+            .median(Implementation::Cpp)
+            .map(|cpp| format!(", so at best {:.2}x", cpp / floor))
+            .unwrap_or_default();
+        parts.push(format!(
+            "socket round trips alone: {}{best}",
+            format_value(floor, r.unit)
+        ));
+    }
     parts.join("; ")
+}
+
+/// The median round-trip floor measured beside a scenario (see
+/// `load::round_trip_floor`), over every implementation's repetitions.
+pub fn floor(r: &ScenarioResult) -> Option<f64> {
+    super::median(
+        r.samples
+            .values()
+            .flatten()
+            .filter_map(|s| s.extra.get("floor s").copied())
+            .collect(),
+    )
 }
 
 fn target_text(target: &Target, unit: &str) -> String {
