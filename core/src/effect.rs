@@ -2,8 +2,10 @@
 //! results.
 //!
 //! The core never performs I/O: it emits an [`Effect`] (plain data), some
-//! runtime runs it on a worker thread through `guixd-os`, and the result
-//! comes back as an [`EffectResult`] value. Because results are values, a
+//! runtime runs it on a worker thread through `guixd-os` (or, for a point
+//! read that need not wait, at once on its event-loop thread:
+//! [`Effect::is_point_read`]), and the result comes back as an
+//! [`EffectResult`] value. Because results are values, a
 //! test can inject any failure at any point. Keeps true:
 //! - every variant is self-contained (owned data, no references into the
 //!   core), so it can cross threads;
@@ -397,6 +399,28 @@ pub enum LogCompression {
     None,
     Gzip,
     Bzip2,
+}
+
+/// The most paths a `QueryValidPaths` may ask about and still be a point
+/// read (see [`Effect::is_point_read`]).
+pub const POINT_READ_PATHS_MAX: usize = 16;
+
+impl Effect {
+    /// A read of a few database rows through an index: cheaper than the
+    /// hand-over to a worker thread and back, so a runtime may run it
+    /// where it was asked for, on its event-loop thread, as long as it
+    /// can do so without waiting (a reader connection is idle, the
+    /// database is not busy; see `guixd_os::Os::run_now`). Everything
+    /// else, and these when they would wait, goes to a worker.
+    pub fn is_point_read(&self) -> bool {
+        match self {
+            Effect::QueryPathInfo { .. }
+            | Effect::QueryPathFromHashPart { .. }
+            | Effect::QueryDerivationOutputs { .. } => true,
+            Effect::QueryValidPaths { paths } => paths.len() <= POINT_READ_PATHS_MAX,
+            _ => false,
+        }
+    }
 }
 
 /// Why an effect failed.

@@ -508,7 +508,9 @@ impl LockTable {
     /// Whether a try-lock on `path`'s lock file is in flight (for a request
     /// that went away): its outcome is for requests that take OS locks.
     fn is_being_opened(&self, path: &StorePath) -> bool {
-        self.paths.get(path).is_some_and(|e| e.os == OsLock::Pending)
+        self.paths
+            .get(path)
+            .is_some_and(|e| e.os == OsLock::Pending)
     }
 
     /// Whether claiming `path` would open its lock file. A path whose lock
@@ -1432,8 +1434,7 @@ mod tests {
                             assert_eq!(r.state, RequestState::Granted, "{id} stuck");
                             assert!(r.paths.iter().all(|p| t.paths[p].os != OsLock::Pending));
                         } else {
-                            let all_held =
-                                r.paths.iter().all(|p| t.paths[p].os == OsLock::Held);
+                            let all_held = r.paths.iter().all(|p| t.paths[p].os == OsLock::Held);
                             assert_eq!(all_held, r.state == RequestState::Granted, "{id} stuck");
                         }
                     }

@@ -15,7 +15,9 @@
 //!   IMMEDIATE` transaction in which every group sits inside its own
 //!   savepoint, so a failing group is undone alone and the others commit;
 //! - reads use a small pool of read-only connections; in WAL mode (the
-//!   default) readers never block the writer, nor it them;
+//!   default) readers never block the writer, nor it them; a point read
+//!   for an event-loop thread ([`Db::read_now`]) never waits at all: no
+//!   idle connection or a busy database and it gives up at once;
 //! - `SQLITE_BUSY` and friends, which only outside writers can cause, make
 //!   the whole transaction (or query) start again after a randomised,
 //!   exponentially growing pause, for a bounded total time; clients never
@@ -28,7 +30,8 @@ use crate::OsConfig;
 use crate::gc::Invalidation;
 use crate::setup::SetupError;
 use guixd_core::effect::{
-    EffectError, EffectErrorKind, EffectOutput, EffectResult, RegistrationGroup, ValidPathInfo,
+    Effect, EffectError, EffectErrorKind, EffectOutput, EffectResult, RegistrationGroup,
+    ValidPathInfo,
 };
 use guixd_core::gc::{GcRows, PathRow};
 use guixd_core::hash::{Hash, HashAlgo};
@@ -196,9 +199,32 @@ impl Db {
 
     // ---- reads
 
+    /// The answer to a point read (`Effect::is_point_read`) if it can be
+    /// had without waiting: `None` when no reader connection is idle, the
+    /// database is busy, or `effect` is no point read. For a runtime's
+    /// event-loop thread, which must never wait.
+    pub fn read_now(&self, effect: &Effect) -> Option<EffectResult> {
+        let wait = ReadWait::MustNot;
+        match effect {
+            Effect::QueryPathInfo { path } => self.path_info(wait, path),
+            Effect::QueryValidPaths { paths } if effect.is_point_read() => {
+                self.valid_paths(wait, paths)
+            }
+            Effect::QueryDerivationOutputs { drv } => self.derivation_outputs(wait, drv),
+            Effect::QueryPathFromHashPart { hash_part } => {
+                self.path_from_hash_part(wait, hash_part)
+            }
+            _ => None,
+        }
+    }
+
     /// `PathInfo(Some(info))` for a valid path, `PathInfo(None)` otherwise.
     pub fn query_path_info(&self, path: &StorePath) -> EffectResult {
-        self.read(|conn| {
+        answered(self.path_info(ReadWait::May, path))
+    }
+
+    fn path_info(&self, wait: ReadWait, path: &StorePath) -> Option<EffectResult> {
+        self.read_as(wait, |conn| {
             let tx = conn.transaction()?;
             let info = path_info(&tx, &self.store_dir, path)?;
             tx.commit()?;
@@ -208,7 +234,11 @@ impl Db {
 
     /// `Paths`: the subset of `paths` that is valid.
     pub fn query_valid_paths(&self, paths: &[StorePath]) -> EffectResult {
-        self.read(|conn| {
+        answered(self.valid_paths(ReadWait::May, paths))
+    }
+
+    fn valid_paths(&self, wait: ReadWait, paths: &[StorePath]) -> Option<EffectResult> {
+        self.read_as(wait, |conn| {
             let tx = conn.transaction()?;
             let mut valid = BTreeSet::new();
             for path in paths {
@@ -245,7 +275,11 @@ impl Db {
     /// `DerivationOutputs(Some(id → path))` for a valid derivation,
     /// `DerivationOutputs(None)` when `drv` is not valid.
     pub fn query_derivation_outputs(&self, drv: &StorePath) -> EffectResult {
-        self.read(|conn| {
+        answered(self.derivation_outputs(ReadWait::May, drv))
+    }
+
+    fn derivation_outputs(&self, wait: ReadWait, drv: &StorePath) -> Option<EffectResult> {
+        self.read_as(wait, |conn| {
             let tx = conn.transaction()?;
             let Some(id) = path_id(&tx, drv.as_str())? else {
                 return Ok(EffectOutput::DerivationOutputs(None));
@@ -285,14 +319,18 @@ impl Db {
     /// cheap; a hash part that is not 32 characters long is refused with
     /// the daemon's words.
     pub fn query_path_from_hash_part(&self, hash_part: &str) -> EffectResult {
+        answered(self.path_from_hash_part(ReadWait::May, hash_part))
+    }
+
+    fn path_from_hash_part(&self, wait: ReadWait, hash_part: &str) -> Option<EffectResult> {
         if hash_part.len() != HASH_PART_LEN {
-            return Err(EffectError::new(
+            return Some(Err(EffectError::new(
                 EffectErrorKind::Invalid,
                 "invalid hash part",
-            ));
+            )));
         }
         let prefix = format!("{}/{}", self.store_dir.as_str(), hash_part);
-        self.read(|conn| {
+        self.read_as(wait, |conn| {
             let mut stmt = conn.prepare_cached(SQL_QUERY_PATH_FROM_HASH_PART)?;
             let found: Option<String> = stmt
                 .query_row(params![prefix], |row| row.get(0))
@@ -471,6 +509,36 @@ impl Db {
         conn
     }
 
+    /// [`Db::read`] when `wait` allows it; otherwise runs `query` once on
+    /// an idle pooled connection, and gives up (`None`) when there is none
+    /// or the database is busy.
+    fn read_as<T>(
+        &self,
+        wait: ReadWait,
+        mut query: impl FnMut(&mut Connection) -> Result<T, DbError>,
+    ) -> Option<Result<T, EffectError>> {
+        if wait == ReadWait::May {
+            return Some(self.read(query));
+        }
+        let idle = {
+            let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+            pool.idle.pop()
+        };
+        let mut lease = ReaderLease {
+            db: self,
+            conn: Some(idle?),
+        };
+        let conn = lease.conn();
+        let result = query(conn);
+        if !conn.is_autocommit() {
+            rollback_quietly(conn);
+        }
+        match result {
+            Err(e) if e.is_busy() => None,
+            other => Some(other.map_err(|e| e.into_effect_error("querying the store database"))),
+        }
+    }
+
     /// Runs `query` on a pooled read-only connection, retrying it while
     /// the database is busy.
     fn read<T>(
@@ -553,6 +621,24 @@ impl Db {
             }
         }
     }
+}
+
+/// Whether a read may wait: for a reader connection to come back, and
+/// while the database is busy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadWait {
+    May,
+    MustNot,
+}
+
+/// The result of a read that was allowed to wait, which always answers.
+fn answered(result: Option<EffectResult>) -> EffectResult {
+    result.unwrap_or_else(|| {
+        Err(EffectError::new(
+            EffectErrorKind::Invalid,
+            "guixd bug: a read that may wait gave no answer",
+        ))
+    })
 }
 
 /// `<db dir>/db.sqlite`.
@@ -1780,6 +1866,34 @@ pub(crate) mod tests {
             registered(db.register(vec![group(vec![reg(&a, &[])])])),
             vec![Ok(())]
         );
+    }
+
+    #[test]
+    fn a_read_that_must_not_wait_gives_up_without_an_idle_reader() {
+        let (_store, db) = open_store("read-now");
+        let first = item(&db, "first");
+        assert_eq!(
+            registered(db.register(vec![group(vec![reg(&first, &[])])])),
+            vec![Ok(())]
+        );
+        let ask = Effect::QueryPathInfo {
+            path: first.clone(),
+        };
+        // No reader connection is open yet, and opening one may wait.
+        assert!(db.read_now(&ask).is_none());
+        let waited = db.query_path_info(&first).unwrap();
+        // The connection that read went back to the pool: now it answers,
+        // with what a waiting read says.
+        assert_eq!(db.read_now(&ask), Some(Ok(waited)));
+        let many = Effect::QueryValidPaths {
+            paths: vec![first.clone(); guixd_core::effect::POINT_READ_PATHS_MAX + 1],
+        };
+        assert!(db.read_now(&many).is_none(), "not a point read");
+        // While every idle reader is leased, it gives up again.
+        let lease = db.lease_reader().unwrap();
+        assert!(db.read_now(&ask).is_none());
+        drop(lease);
+        assert!(db.read_now(&ask).is_some());
     }
 
     #[test]

@@ -108,6 +108,14 @@ impl Os {
         let _ = self.roots.ensure_temp_roots_file();
     }
 
+    /// The result of `effect` if it is a point read that can be answered
+    /// without waiting (see [`guixd_core::effect::Effect::is_point_read`]
+    /// and [`db::Db::read_now`]); `None` otherwise, and then it is for a
+    /// worker. For a runtime's event-loop thread.
+    pub fn run_now(&self, effect: &Effect) -> Option<EffectResult> {
+        self.db.read_now(effect)
+    }
+
     /// Carries out one effect. Blocking; call it from a worker thread.
     pub fn run(&self, effect: Effect) -> EffectResult {
         match effect {

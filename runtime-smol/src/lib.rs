@@ -7,7 +7,8 @@
 //! `RefCell`, by the tasks of that executor: one accept task per listener,
 //! one task per connection (it reads and writes the socket), one timer
 //! task, one short task per effect, which runs `Os::run` on `blocking`'s
-//! thread pool and hands the result back, one task per builder (it spawns
+//! thread pool and hands the result back (except point reads that need not
+//! wait, answered on the spot by `Os::run_now`), one task per builder (it spawns
 //! it on that pool, then watches its pidfd and reads its log; see
 //! `child.rs`), and a pressure task while builders run.
 //!

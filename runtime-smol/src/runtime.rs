@@ -152,7 +152,15 @@ impl Inner {
         let mut daemon = self.daemon.borrow_mut();
         let result = handle(&mut daemon, now);
         while let Some(output) = daemon.poll_output() {
-            self.dispatch(output);
+            match output {
+                // A point read that need not wait is answered here and now:
+                // cheaper than a trip to the blocking pool and back.
+                Output::Effect { id, effect } => match run_now(&self.os, &effect) {
+                    Some(result) => daemon.handle_effect(now, id, result),
+                    None => self.start_effect(id, effect),
+                },
+                output => self.dispatch(output),
+            }
         }
         self.feed_starved(&daemon);
         let deadline = daemon.poll_timeout();
@@ -384,19 +392,28 @@ async fn timer_loop(inner: Rc<Inner>) {
 /// is a guixd bug; it becomes an error result, because the core must hear
 /// back about every effect exactly once and one bad effect must not take
 /// every session down.
+/// [`Os::run_now`] on the executor's thread; a panic in the os layer
+/// becomes an error result, as in the blocking pool.
+fn run_now(os: &Os, effect: &Effect) -> Option<EffectResult> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| os.run_now(effect)))
+        .unwrap_or_else(|panic| Some(Err(panicked(panic))))
+}
+
 fn run_effect(os: &Os, effect: Effect) -> EffectResult {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| os.run(effect))).unwrap_or_else(
-        |panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(EffectError::new(
-                EffectErrorKind::Io(rustix::io::Errno::IO.raw_os_error()),
-                format!("guixd bug: an effect panicked: {what}"),
-            ))
-        },
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| os.run(effect)))
+        .unwrap_or_else(|panic| Err(panicked(panic)))
+}
+
+/// The error result of an effect whose os code panicked (a guixd bug).
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> EffectError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    EffectError::new(
+        EffectErrorKind::Io(rustix::io::Errno::IO.raw_os_error()),
+        format!("guixd bug: an effect panicked: {what}"),
     )
 }
 

@@ -27,7 +27,10 @@
 //! - a connection is closed only when the core says `Close` (after its
 //!   pending output is written or discarded), or when the loop ends;
 //! - every effect goes to the worker pool, and its result comes back
-//!   through the inbox to `handle_effect` exactly once; so does every
+//!   through the inbox to `handle_effect` exactly once, except a point
+//!   read that `Os::run_now` answers on the loop thread without waiting
+//!   (the core marks them: `Effect::is_point_read`), whose result goes to
+//!   `handle_effect` at once; so does every
 //!   spawn of a builder (`Os::spawn_build` blocks until its set-up is done),
 //!   whose outcome goes to `handle_child_started`;
 //! - a started child is watched through its pidfd (readable once it
@@ -84,6 +87,8 @@ pub(crate) struct Parts {
     pub(crate) shutdown: Arc<ShutdownFlag<EventFd>>,
     pub(crate) pool: Pool<Job>,
     pub(crate) listeners: Vec<Listener>,
+    /// For point reads run on the loop thread ([`guixd_os::Os::run_now`]).
+    pub(crate) os: std::sync::Arc<guixd_os::Os>,
 }
 
 /// Makes the epoll instance and registers the eventfd and the listeners
@@ -166,6 +171,7 @@ fn child_token(slot: usize, log: bool) -> u64 {
 
 struct EventLoop {
     daemon: Daemon,
+    os: std::sync::Arc<guixd_os::Os>,
     epoll: OwnedFd,
     inbox: Arc<Inbox<Completion, EventFd>>,
     shutdown: Arc<ShutdownFlag<EventFd>>,
@@ -375,6 +381,7 @@ impl EventLoop {
         let events_max = threads.events_per_wait.max(1);
         EventLoop {
             daemon,
+            os: parts.os,
             epoll: parts.epoll,
             inbox: parts.inbox,
             shutdown: parts.shutdown,
@@ -708,6 +715,13 @@ impl EventLoop {
                     }
                 }
                 Output::Effect { id, effect } => {
+                    // A point read that need not wait is answered here and
+                    // now: cheaper than two thread hand-overs.
+                    if let Some(result) = run_now(&self.os, &effect) {
+                        let now = self.now();
+                        self.daemon.handle_effect(now, id, result);
+                        continue;
+                    }
                     if self.pool.submit(Job::Effect(id, effect)).is_err() {
                         // The pool only closes after the loop has ended;
                         // answer anyway, so the core's count stays right.
@@ -1207,6 +1221,13 @@ fn wall_seconds() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())
+}
+
+/// [`guixd_os::Os::run_now`] on the loop thread; a panic in the os layer
+/// becomes an error result, as on a worker.
+fn run_now(os: &guixd_os::Os, effect: &Effect) -> Option<EffectResult> {
+    let run = std::panic::AssertUnwindSafe(|| os.run_now(effect));
+    std::panic::catch_unwind(run).unwrap_or_else(|p| Some(Err(panicked(p))))
 }
 
 /// Runs one job on a worker thread and leaves its outcome in the inbox.

@@ -4,7 +4,8 @@
 //! that thread) and watches the listening sockets, the connections and an
 //! eventfd with epoll; a fixed pool of worker threads runs the effects the
 //! core asks for through [`guixd_os::Os::run`] and leaves the results in an
-//! inbox that wakes the loop. `event_loop.rs` says what the loop keeps
+//! inbox that wakes the loop (point reads that need not wait are answered
+//! on the loop thread: [`guixd_os::Os::run_now`]). `event_loop.rs` says what the loop keeps
 //! true; `inbox.rs`, `pool.rs` and `shutdown.rs` hold the only state shared
 //! between threads, built on the `sync` facade so that loom models
 //! (`loom_tests.rs`, run by `runtime-threads/loom.sh`) check them.
@@ -126,6 +127,7 @@ impl Server {
         let epoll = event_loop::watch(&wake, &listeners)?;
         let inbox = sync::Arc::new(inbox::Inbox::new(wake.clone()));
         let flag = sync::Arc::new(shutdown::ShutdownFlag::new(wake.clone()));
+        let loop_os = os.clone();
         let pool = {
             let inbox = inbox.clone();
             pool::Pool::start(threads.workers, "guixd-worker", move |job| {
@@ -138,6 +140,7 @@ impl Server {
             shutdown: flag.clone(),
             pool,
             listeners,
+            os: loop_os,
         };
         let thread = std::thread::Builder::new()
             .name("guixd-loop".to_owned())

@@ -154,18 +154,12 @@ fn crash(runtime: Runtime) {
         if left.is_empty() {
             break;
         }
-        if restarted.elapsed() >= Duration::from_secs(10) {
-            for p in &left {
-                eprintln!("DEBUG {} status:\n{}", p.pid, fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default());
-                eprintln!("DEBUG {} stat: {}", p.pid, fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default());
-                eprintln!("DEBUG ns pid {:?} user {:?} mnt {:?}", fs::read_link(format!("/proc/{}/ns/pid", p.pid)), fs::read_link(format!("/proc/{}/ns/user", p.pid)), fs::read_link(format!("/proc/{}/root", p.pid)));
-            }
-            eprintln!("DEBUG processes {:?}", daemon.processes());
-            eprintln!("DEBUG log:\n{}", daemon.log());
-        }
         assert!(
             restarted.elapsed() < Duration::from_secs(10),
-            "builders of the killed daemon are still running after the restart: {left:?}"
+            "builders of the killed daemon are still running after the restart: {left:?}\n\
+             their parents: {:?}\ndaemon log:\n{}",
+            left.iter().map(|p| parent_of(p.pid)).collect::<Vec<_>>(),
+            daemon.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -210,6 +204,17 @@ fn crash(runtime: Runtime) {
     }
     let left = builders(&daemon);
     assert!(left.is_empty(), "builders left at the end: {left:?}");
+}
+
+/// The parent of process `pid` as `/proc` shows it, for diagnostics.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// The names in `dir`.

@@ -638,7 +638,12 @@ fn die_with_daemon() -> Result<(), String> {
 /// Opens this process's `/proc/self/stat`, close-on-exec.
 fn open_self_stat() -> Option<RawFd> {
     // SAFETY: a NUL-terminated path and plain flags.
-    let fd = unsafe { libc::open(c"/proc/self/stat".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/stat".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return None;
     }

@@ -283,31 +283,59 @@ fn queries(slot: &mut Slot, n: usize, path_info: bool) -> Sample {
 }
 
 /// Seconds taken by `n` exchanges of `request` bytes one way and `reply`
-/// bytes back over a Unix socket pair whose other end is a thread that
-/// only echoes: the least any daemon's answers can cost on one connection
-/// on this machine at this moment, as the kernel's wake-ups bound it.
+/// bytes back over a Unix socket pair whose other end is a forked process
+/// that only answers: the least any daemon's answers can cost on one
+/// connection on this machine at this moment, as the kernel's wake-ups
+/// bound it.
 pub fn round_trip_floor(n: usize, request: usize, reply: usize) -> std::io::Result<f64> {
     use std::io::Read;
-    let (mut near, mut far) = UnixStream::pair()?;
-    let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut buf = vec![0u8; request];
-        let answer = vec![0u8; reply];
-        for _ in 0..n {
-            far.read_exact(&mut buf)?;
-            far.write_all(&answer)?;
-        }
-        Ok(())
-    });
-    let message = vec![1u8; request];
-    let mut answer = vec![0u8; reply];
-    let started = Instant::now();
-    for _ in 0..n {
-        near.write_all(&message)?;
-        near.read_exact(&mut answer)?;
+    use std::os::fd::AsRawFd;
+    let (mut near, far) = UnixStream::pair()?;
+    let mut buf = vec![0u8; request];
+    let answer = vec![0u8; reply];
+    // SAFETY: the child only calls read, write and _exit (async-signal-safe)
+    // on memory allocated before the fork, then ends without unwinding.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    if pid == 0 {
+        let fd = far.as_raw_fd();
+        for _ in 0..n {
+            let mut got = 0;
+            while got < request {
+                // SAFETY: writes at most `request - got` bytes into `buf`.
+                let r = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), request - got) };
+                if r <= 0 {
+                    // SAFETY: ends the child at once.
+                    unsafe { libc::_exit(1) };
+                }
+                got += r as usize;
+            }
+            // SAFETY: reads `reply` bytes of `answer`; a short or failed
+            // write shows on the other side as a failed exchange.
+            if unsafe { libc::write(fd, answer.as_ptr().cast(), reply) } != reply as isize {
+                // SAFETY: as above.
+                unsafe { libc::_exit(1) };
+            }
+        }
+        // SAFETY: as above.
+        unsafe { libc::_exit(0) };
+    }
+    drop(far);
+    let message = vec![1u8; request];
+    let mut got = vec![0u8; reply];
+    let started = Instant::now();
+    let exchanged = (0..n).try_for_each(|_| {
+        near.write_all(&message)?;
+        near.read_exact(&mut got)
+    });
     let elapsed = secs(started.elapsed());
-    echo.join()
-        .map_err(|_| std::io::Error::other("the echo thread panicked"))??;
+    drop(near);
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    exchanged?;
     Ok(elapsed)
 }
 
