@@ -39,6 +39,14 @@
 
 use crate::store_path::{StoreDir, StorePath};
 use std::collections::BTreeSet;
+// Only probed, never iterated, so no order can leak out; SipHash with fixed
+// keys keeps the core free of randomness.
+#[allow(clippy::disallowed_types)]
+type KeyRanges = std::collections::HashMap<
+    u64,
+    (NodeId, NodeId),
+    std::hash::BuildHasherDefault<std::hash::DefaultHasher>,
+>;
 
 /// The name of the deduplication directory in the store; never collected.
 pub const LINKS_DIR_NAME: &str = ".links";
@@ -156,12 +164,14 @@ pub struct GcGraph {
     /// The length of the prefix every path shares (the store directory
     /// and more, usually).
     common_prefix_len: usize,
-    /// For each path, [`lookup_key`] of it: non-decreasing, since the
-    /// paths are sorted. Looking a path up searches these first, in one
-    /// contiguous array, and compares whole strings only among equal keys,
-    /// which keeps a lookup from chasing a pointer to a string at every
-    /// step (most of the time of a collection's plan on a big store).
-    lookup_keys: Vec<u64>,
+    /// The range of indices of the paths whose [`lookup_key`] is the key
+    /// (contiguous, since the paths are sorted and the keys follow their
+    /// order). Looking a path up takes one hash probe here, then compares
+    /// whole strings only among the (nearly always one) paths with its
+    /// key, instead of a binary search whose every step misses the cache
+    /// (lookups were most of the time of a collection's plan on a big
+    /// store).
+    key_ranges: KeyRanges,
     nar_sizes: Vec<u64>,
     /// Whether each path is a store path of `store_dir`.
     in_store: Vec<bool>,
@@ -231,10 +241,18 @@ impl GcGraph {
                 .count(),
             _ => 0,
         };
-        let lookup_keys = paths
+        let mut key_ranges = KeyRanges::with_capacity_and_hasher(paths.len(), Default::default());
+        for (i, key) in paths
             .iter()
             .map(|p| lookup_key(p, common_prefix_len))
-            .collect();
+            .enumerate()
+        {
+            // Equal keys are next to each other.
+            key_ranges
+                .entry(key)
+                .and_modify(|range| range.1 = node_id(i + 1))
+                .or_insert((node_id(i), node_id(i + 1)));
+        }
         let n = paths.len();
         let mut dangling_rows = 0;
 
@@ -285,7 +303,7 @@ impl GcGraph {
             store_dir: store_dir.clone(),
             paths,
             common_prefix_len,
-            lookup_keys,
+            key_ranges,
             nar_sizes,
             in_store,
             references,
@@ -321,9 +339,9 @@ impl GcGraph {
             return None;
         }
         let key = lookup_key(path, self.common_prefix_len);
-        let start = self.lookup_keys.partition_point(|&k| k < key);
-        let end = start + self.lookup_keys[start..].partition_point(|&k| k == key);
-        self.paths[start..end]
+        let &(start, end) = self.key_ranges.get(&key)?;
+        let start = start as usize;
+        self.paths[start..end as usize]
             .binary_search_by(|p| p.as_str().cmp(path))
             .ok()
             .map(|i| node_id(start + i))
@@ -1089,8 +1107,6 @@ impl IdMap {
     }
 }
 
-/// A node id from an index below [`NODES_MAX`] (checked when the graph is
-/// built).
 /// The 8 bytes of `path` after its first `skip` bytes, big-endian, padded
 /// with zeros: paths in bytewise order have keys in non-decreasing order.
 fn lookup_key(path: &str, skip: usize) -> u64 {
@@ -1102,6 +1118,8 @@ fn lookup_key(path: &str, skip: usize) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
+/// A node id from an index below [`NODES_MAX`] (checked when the graph is
+/// built).
 fn node_id(index: usize) -> NodeId {
     debug_assert!(index < NODES_MAX);
     index as NodeId
@@ -1147,7 +1165,19 @@ impl Context<'_> {
             return Entry::Skipped;
         }
         let store_dir = &self.graph.store_dir;
-        match store_dir.parse_path(&format!("{}/{name}", store_dir.as_str())) {
+        let full = format!("{}/{name}", store_dir.as_str());
+        // Most entries are valid store paths: their node says it all,
+        // without parsing the name again (the graph checked it once).
+        if let Some(node) = self.graph.node(&full)
+            && self.graph.in_store[node as usize]
+        {
+            return if self.alive[node as usize] {
+                Entry::LiveValid
+            } else {
+                Entry::DeadValid(node)
+            };
+        }
+        match store_dir.parse_path(&full) {
             Ok(path) => self.classify_path(path),
             Err(_) => Entry::Skipped,
         }
