@@ -12,7 +12,7 @@
 //! daemon's error text, or that it hangs up without one), and every
 //! socket read has a timeout, so a daemon that hangs fails the test.
 
-use crate::support::store::{items, temporaries, wait_for_no_temporaries};
+use crate::support::store::{items, temporaries, wait_for_no_lock_files, wait_for_no_temporaries};
 use guixd_core::derivation::{Derivation, DerivationOutput};
 use guixd_core::hash::Hash;
 use guixd_core::nar::file_nar;
@@ -580,6 +580,7 @@ impl World {
         assert_eq!(now, valid, "the valid paths");
         let mut expected = self.items.clone();
         expected.extend(self.added.iter().map(|p| base_name(p).to_owned()));
+        wait_for_no_lock_files(store(server), CLEANUP_TIMEOUT);
         assert_eq!(items(store(server)), expected, "the store's items");
         assert!(temporaries(store(server)).is_empty());
     }

@@ -38,15 +38,38 @@ pub fn temporaries(store: &Path) -> BTreeSet<String> {
 /// may still run when its client has its answer); panics with what is
 /// left after `timeout`.
 pub fn wait_for_no_temporaries(store: &Path, timeout: Duration) {
+    wait_until_none(store, "temporary files", temporaries, timeout);
+}
+
+/// Waits until the store has no `.lock` files: guixd deletes the lock
+/// file of an item that became valid just after answering the client that
+/// added it (the C++ daemon just before), so a client that looks at once
+/// may still see it.
+pub fn wait_for_no_lock_files(store: &Path, timeout: Duration) {
+    let lock_files = |store: &Path| -> BTreeSet<String> {
+        items(store)
+            .into_iter()
+            .filter(|n| n.ends_with(".lock"))
+            .collect()
+    };
+    wait_until_none(store, "lock files", lock_files, timeout);
+}
+
+fn wait_until_none(
+    store: &Path,
+    what: &str,
+    list: impl Fn(&Path) -> BTreeSet<String>,
+    timeout: Duration,
+) {
     let started = Instant::now();
     loop {
-        let left = temporaries(store);
+        let left = list(store);
         if left.is_empty() {
             return;
         }
         assert!(
             started.elapsed() < timeout,
-            "temporary files left in {} after {timeout:?}: {left:?}",
+            "{what} left in {} after {timeout:?}: {left:?}",
             store.display()
         );
         // The clean-up is another process's or thread's business; there
