@@ -239,3 +239,21 @@ impl Os {
         }
     }
 }
+
+/// The error result of `doing` (say "an effect") when the os code it ran
+/// panicked, which only a bug in guixd can cause; runtimes catch such
+/// panics so that the core still hears back exactly once.
+pub fn panicked(
+    panic: Box<dyn std::any::Any + Send>,
+    doing: &str,
+) -> guixd_core::effect::EffectError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    guixd_core::effect::EffectError::new(
+        guixd_core::effect::EffectErrorKind::Io(rustix::io::Errno::IO.raw_os_error()),
+        format!("guixd bug: {doing} panicked: {what}"),
+    )
+}

@@ -19,7 +19,6 @@ use async_io::{Async, Timer};
 use futures_lite::future;
 use guixd_core::build_plan::{BuildId, ChildId};
 use guixd_core::daemon::ExitStatus;
-use guixd_core::effect::{EffectError, EffectErrorKind};
 use rustix::io::Errno;
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
@@ -61,7 +60,7 @@ pub(crate) fn spawn(inner: &Rc<Inner>, child: ChildId, build: BuildId) {
             let os = inner.os();
             let result = blocking::unblock(move || {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| os.spawn_build(build)))
-                    .unwrap_or_else(|panic| Err(panicked(panic)))
+                    .unwrap_or_else(|panic| Err(guixd_os::panicked(panic, "spawning a builder")))
             })
             .await;
             let spawned = match result {
@@ -242,16 +241,4 @@ fn exit_status(status: std::process::ExitStatus) -> ExitStatus {
         // One of the two is always set for a child that ended.
         (None, None) => ExitStatus::Signal(SIGKILL),
     }
-}
-
-fn panicked(panic: Box<dyn std::any::Any + Send>) -> EffectError {
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    EffectError::new(
-        EffectErrorKind::Io(Errno::IO.raw_os_error()),
-        format!("guixd bug: spawning a builder panicked: {what}"),
-    )
 }

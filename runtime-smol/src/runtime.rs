@@ -23,7 +23,7 @@ use futures_lite::future;
 use guixd_core::build_plan::ChildId;
 use guixd_core::config::Config;
 use guixd_core::daemon::{ConnId, Daemon, Now, Output};
-use guixd_core::effect::{Effect, EffectError, EffectErrorKind, EffectId, EffectResult};
+use guixd_core::effect::{Effect, EffectId, EffectResult};
 use guixd_os::Os;
 use guixd_os::net::Listener;
 use smol::LocalExecutor;
@@ -396,25 +396,12 @@ async fn timer_loop(inner: Rc<Inner>) {
 /// becomes an error result, as in the blocking pool.
 fn run_now(os: &Os, effect: &Effect) -> Option<EffectResult> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| os.run_now(effect)))
-        .unwrap_or_else(|panic| Some(Err(panicked(panic))))
+        .unwrap_or_else(|panic| Some(Err(guixd_os::panicked(panic, "an effect"))))
 }
 
 fn run_effect(os: &Os, effect: Effect) -> EffectResult {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| os.run(effect)))
-        .unwrap_or_else(|panic| Err(panicked(panic)))
-}
-
-/// The error result of an effect whose os code panicked (a guixd bug).
-fn panicked(panic: Box<dyn std::any::Any + Send>) -> EffectError {
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    EffectError::new(
-        EffectErrorKind::Io(rustix::io::Errno::IO.raw_os_error()),
-        format!("guixd bug: an effect panicked: {what}"),
-    )
+        .unwrap_or_else(|panic| Err(guixd_os::panicked(panic, "an effect")))
 }
 
 /// The time now; never earlier than `last`, so that neither clock seen by

@@ -1227,7 +1227,7 @@ fn wall_seconds() -> u64 {
 /// becomes an error result, as on a worker.
 fn run_now(os: &guixd_os::Os, effect: &Effect) -> Option<EffectResult> {
     let run = std::panic::AssertUnwindSafe(|| os.run_now(effect));
-    std::panic::catch_unwind(run).unwrap_or_else(|p| Some(Err(panicked(p))))
+    std::panic::catch_unwind(run).unwrap_or_else(|p| Some(Err(guixd_os::panicked(p, "an effect"))))
 }
 
 /// Runs one job on a worker thread and leaves its outcome in the inbox.
@@ -1237,27 +1237,17 @@ pub(crate) fn run_job(os: &guixd_os::Os, inbox: &Inbox<Completion, EventFd>, job
     match job {
         Job::Effect(id, effect) => {
             let run = std::panic::AssertUnwindSafe(|| os.run(effect));
-            let result = std::panic::catch_unwind(run).unwrap_or_else(|p| Err(panicked(p)));
+            let result = std::panic::catch_unwind(run)
+                .unwrap_or_else(|p| Err(guixd_os::panicked(p, "an effect")));
             inbox.push(Completion::Effect(id, result));
         }
         Job::Spawn(child, build) => {
             let run = std::panic::AssertUnwindSafe(|| os.spawn_build(build));
-            let result = std::panic::catch_unwind(run).unwrap_or_else(|p| Err(panicked(p)));
+            let result = std::panic::catch_unwind(run)
+                .unwrap_or_else(|p| Err(guixd_os::panicked(p, "spawning a builder")));
             inbox.push(Completion::Spawned(child, result));
         }
     }
-}
-
-fn panicked(panic: Box<dyn std::any::Any + Send>) -> EffectError {
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    EffectError::new(
-        EffectErrorKind::Io(Errno::IO.raw_os_error()),
-        format!("guixd bug: an effect panicked: {what}"),
-    )
 }
 
 fn pool_stopped() -> EffectError {
