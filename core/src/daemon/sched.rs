@@ -693,6 +693,13 @@ mod tests {
         }
     }
 
+    /// Client `client`'s realise request `token` for the derivations
+    /// `names`, keep-going, with default options: the goals it started.
+    fn realise_all(s: &mut Sched, client: u32, token: Token, names: &[&str]) -> Vec<GoalId> {
+        let keys = names.iter().map(|n| drv(n)).collect();
+        started(&s.realise(TaskId::Conn(conn(client)), token, keys, true, &options()))
+    }
+
     fn started(actions: &[Action]) -> Vec<GoalId> {
         actions
             .iter()
@@ -851,13 +858,7 @@ mod tests {
     #[test]
     fn slots_respect_the_pool_the_session_cap_and_goal_order() {
         let mut s = Sched::new(2);
-        let goals = started(&s.realise(
-            TaskId::Conn(conn(1)),
-            Token(1),
-            vec![drv("c"), drv("a"), drv("b")],
-            true,
-            &options(),
-        ));
+        let goals = realise_all(&mut s, 1, Token(1), &["c", "a", "b"]);
         let (c, a, b) = (goals[0], goals[1], goals[2]);
         // Session cap 1: only one of its builds runs.
         let g = s.request_slot(c, Token(10), slot(1, 1, None));
@@ -876,20 +877,8 @@ mod tests {
     fn a_clients_max_jobs_above_the_daemons_applies_to_its_own_builds() {
         // The daemon runs one build at a time; client 1 asked for three.
         let mut s = Sched::new(1);
-        let mine = started(&s.realise(
-            TaskId::Conn(conn(1)),
-            Token(1),
-            vec![drv("a"), drv("b"), drv("c"), drv("d")],
-            true,
-            &options(),
-        ));
-        let theirs = started(&s.realise(
-            TaskId::Conn(conn(2)),
-            Token(2),
-            vec![drv("e")],
-            true,
-            &options(),
-        ));
+        let mine = realise_all(&mut s, 1, Token(1), &["a", "b", "c", "d"]);
+        let theirs = realise_all(&mut s, 2, Token(2), &["e"]);
         for (i, g) in mine[..3].iter().enumerate() {
             let token = Token(10 + i as u64);
             assert_eq!(
@@ -914,13 +903,7 @@ mod tests {
     #[test]
     fn a_retry_alone_drains_the_pool_first_and_counts_neighbours() {
         let mut s = Sched::new(3);
-        let goals = started(&s.realise(
-            TaskId::Conn(conn(1)),
-            Token(1),
-            vec![drv("a"), drv("b"), drv("c"), drv("d")],
-            true,
-            &options(),
-        ));
+        let goals = realise_all(&mut s, 1, Token(1), &["a", "b", "c", "d"]);
         s.request_slot(goals[0], Token(1), slot(1, 9, None));
         s.request_slot(goals[1], Token(2), slot(1, 9, None));
         // c must run alone; d is new and must wait behind it.
@@ -957,13 +940,7 @@ mod tests {
     #[test]
     fn pressure_holds_back_new_builds_but_never_stalls() {
         let mut s = Sched::new(4);
-        let goals = started(&s.realise(
-            TaskId::Conn(conn(1)),
-            Token(1),
-            vec![drv("a"), drv("b")],
-            true,
-            &options(),
-        ));
+        let goals = realise_all(&mut s, 1, Token(1), &["a", "b"]);
         s.set_pressure_high(true);
         assert_eq!(
             completed(&s.request_slot(goals[0], Token(1), slot(1, 9, None))).len(),

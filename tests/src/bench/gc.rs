@@ -29,7 +29,7 @@
 //!   model's dead paths counts as an error.
 
 use super::env::{Daemon, Implementation, host, remove_tree};
-use super::{Config, Sample, Scenario, Slot, Target, quantile, secs};
+use super::{Config, Sample, Scenario, Slot, Target, secs};
 use guixd_core::nar::{NarEvent, NarWriter, file_nar_prefix, file_nar_suffix, hash_file_nar};
 use guixd_core::wire::GcRequest;
 use guixd_core::{Hash, HashAlgo, StoreDir, StorePath};
@@ -43,6 +43,36 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// A scenario that deletes the dead part of the store (restored before
+/// every repetition but the first), with a probing client when `probe`.
+fn deleting(
+    name: String,
+    target: Target,
+    description: String,
+    models: &Models,
+    (total, dead): (usize, usize),
+    probe: bool,
+) -> Scenario {
+    let m = Rc::clone(models);
+    let m2 = Rc::clone(models);
+    Scenario {
+        name,
+        unit: "s",
+        target,
+        description,
+        implementations: Implementation::ALL.to_vec(),
+        daemon_args: Vec::new(),
+        reps_max: Some(3),
+        prepare: Box::new(move |slot| prepare(slot, &m, total, dead)),
+        run: Box::new(move |slot, rep| {
+            if rep > 0 {
+                restore(slot, &m2);
+            }
+            collect(slot, &m2, ACTION_DELETE_DEAD, probe)
+        }),
+    }
+}
 
 /// collect-garbage actions (spec 01).
 const ACTION_RETURN_DEAD: u32 = 1;
@@ -62,7 +92,6 @@ const DIRECTORY_EVERY: usize = 50;
 pub fn scenarios(config: &Config) -> Vec<Scenario> {
     let (total, dead) = sizes(config);
     let models: Models = Rc::new(RefCell::new(BTreeMap::new()));
-    let all = Implementation::ALL.to_vec();
     let mut out = Vec::new();
 
     let m = Rc::clone(&models);
@@ -75,56 +104,35 @@ pub fn scenarios(config: &Config) -> Vec<Scenario> {
             "collect-garbage return-dead (guix gc --list-dead) on a store of {total} valid \
              paths of which {dead} are dead"
         ),
-        implementations: all.clone(),
+        implementations: Implementation::ALL.to_vec(),
         daemon_args: Vec::new(),
         reps_max: Some(3),
         prepare: Box::new(move |slot| prepare(slot, &m, total, dead)),
         run: Box::new(move |slot, _| collect(slot, &m2, ACTION_RETURN_DEAD, false)),
     });
 
-    let m = Rc::clone(&models);
-    let m2 = Rc::clone(&models);
-    out.push(Scenario {
-        name: format!("gc delete-dead {dead} of {total}"),
-        unit: "s",
-        target: Target::RatioAtLeast(10.0),
-        description: format!(
+    out.push(deleting(
+        format!("gc delete-dead {dead} of {total}"),
+        Target::RatioAtLeast(10.0),
+        format!(
             "collect-garbage delete-dead (guix gc) on a store of {total} valid paths of \
              which {dead} are dead, restored before each repetition"
         ),
-        implementations: all.clone(),
-        daemon_args: Vec::new(),
-        reps_max: Some(3),
-        prepare: Box::new(move |slot| prepare(slot, &m, total, dead)),
-        run: Box::new(move |slot, rep| {
-            if rep > 0 {
-                restore(slot, &m2);
-            }
-            collect(slot, &m2, ACTION_DELETE_DEAD, false)
-        }),
-    });
-
-    let m = Rc::clone(&models);
-    let m2 = Rc::clone(&models);
-    out.push(Scenario {
-        name: format!("gc add-text stall, delete {dead}"),
-        unit: "s",
-        target: Target::None,
-        description: format!(
+        &models,
+        (total, dead),
+        false,
+    ));
+    out.push(deleting(
+        format!("gc add-text stall, delete {dead}"),
+        Target::None,
+        format!(
             "the longest add-text-to-store call of a client looping on its own connection \
              while collect-garbage deletes {dead} dead paths of {total}"
         ),
-        implementations: all,
-        daemon_args: Vec::new(),
-        reps_max: Some(3),
-        prepare: Box::new(move |slot| prepare(slot, &m, total, dead)),
-        run: Box::new(move |slot, rep| {
-            if rep > 0 {
-                restore(slot, &m2);
-            }
-            collect(slot, &m2, ACTION_DELETE_DEAD, true)
-        }),
-    });
+        &models,
+        (total, dead),
+        true,
+    ));
     out
 }
 
@@ -524,15 +532,9 @@ fn collect(slot: &mut Slot, models: &Models, action: u32, stall_probe: bool) -> 
         match prober.join() {
             Ok((latencies, errors)) => {
                 sample.absorb_errors(&errors);
-                sample.value = quantile(latencies.clone(), 1.0);
                 sample.extra.insert("gc s".into(), elapsed);
                 sample.extra.insert("adds".into(), latencies.len() as f64);
-                sample
-                    .extra
-                    .insert("p50 s".into(), quantile(latencies.clone(), 0.5));
-                sample
-                    .extra
-                    .insert("p99 s".into(), quantile(latencies, 0.99));
+                sample.record_latencies(latencies);
             }
             Err(_) => sample.error("probe thread panicked".into()),
         }

@@ -11,7 +11,7 @@
 //! fatal.
 
 use super::env::Implementation;
-use super::{Sample, Scenario, Sizes, Slot, Target, quantile, secs};
+use super::{Sample, Scenario, Sizes, Slot, Target, secs};
 use guixd_core::nar::{NarEvent, NarWriter, file_nar_prefix, file_nar_suffix};
 use guixd_core::wire::{self, AddToStoreHeader, Op, Request};
 use guixd_testkit::client::{Client, ClientError, guix_default_options};
@@ -514,13 +514,7 @@ fn idle_latency(slot: &mut Slot, n: usize, probes: usize) -> Sample {
         latencies.push(secs(t.elapsed()));
     }
     let (pss, _) = super::env::memory_bytes(&slot.daemon().processes());
-    sample.value = quantile(latencies.clone(), 1.0);
-    sample
-        .extra
-        .insert("p50 s".into(), quantile(latencies.clone(), 0.5));
-    sample
-        .extra
-        .insert("p99 s".into(), quantile(latencies, 0.99));
+    sample.record_latencies(latencies);
     sample.extra.insert("pss bytes".into(), pss as f64);
     sample
         .extra

@@ -147,6 +147,15 @@ impl Sample {
         }
     }
 
+    /// Takes the slowest of `latencies` (seconds) as the value and notes
+    /// the median and the 99th percentile.
+    pub fn record_latencies(&mut self, latencies: Vec<f64>) {
+        self.value = quantile(latencies.clone(), 1.0);
+        self.extra
+            .insert("p50 s".into(), quantile(latencies.clone(), 0.5));
+        self.extra.insert("p99 s".into(), quantile(latencies, 0.99));
+    }
+
     /// Adds another sample's failures to this one's.
     pub fn absorb_errors(&mut self, other: &Sample) {
         self.errors += other.errors;
